@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint unit integration clean
+
+$(VENV)/.core: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "kompensa-workers needs Python 3.10 or newer (set PYTHON=...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/python -m kompensa_workers.demo $(ARGS)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check kompensa_workers tests integrations examples scripts
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev
+	$(BIN)/python -m pytest tests
+
+integration: $(VENV)/.dev
+	$(BIN)/python scripts/services.py
+	$(BIN)/python -m pytest integrations
+
+test: lint
+	$(BIN)/python scripts/services.py
+	$(BIN)/python -m pytest tests integrations
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

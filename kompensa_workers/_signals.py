@@ -1,0 +1,41 @@
+"""Control-flow signals inside the engine.
+
+They derive from BaseException so ``except Exception`` in saga code cannot swallow
+them; the delivery driver turns each into an outcome. None of them escapes it.
+"""
+
+from __future__ import annotations
+
+from .errors import LeaseLost
+
+
+class EngineSignal(BaseException):
+    """Base of the engine's internal signals."""
+
+
+class Suspend(EngineSignal):
+    """A step (or compensation) waits ``delay`` seconds for its next attempt."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+class CancelRequested(EngineSignal):
+    """``store.cancel(key)`` was called: stop before the next step and roll back."""
+
+
+class StopReplay(EngineSignal):
+    """Rolling back: replay has reached the end of the completed steps."""
+
+
+class Abort(EngineSignal):
+    """The lease was lost: stop at once, touch nothing."""
+
+    def __init__(self, error: LeaseLost) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class AttemptDeadline(EngineSignal):
+    """Raised inside a step's thread when its attempt outlives ``timeout``."""

@@ -1,0 +1,264 @@
+"""``deliver()``: one delivery of a saga, whatever carried it.
+
+Broker adapters, the in-process runner and any other consumer call this and only
+translate its outcome::
+
+    Finished(result)         the execution succeeded (now, or earlier: cached)
+    Failed(error)            it ended rolled back, unrolled or cancelled (SagaError)
+    RetryLater(delay, token) re-deliver after ``delay`` s presenting ``lease_token``
+    Busy(after)              another delivery holds the lease; try again in ``after`` s
+
+It never sleeps. ``LeaseLost`` is raised (not returned) when this delivery was
+superseded: drop it, the newer holder carries on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._signals import Abort, CancelRequested, EngineSignal, StopReplay, Suspend
+from .clock import SYSTEM_CLOCK, Clock
+from .codec import decode, encode, fingerprint
+from .engine import ExecutionRun
+from .errors import (
+    DeliveryLimitExceeded,
+    IdempotencyConflict,
+    SagaError,
+    SerializationError,
+    StepFailed,
+)
+from .failures import ErrorInfo
+from .hooks import Hooks, SagaEvent, dispatcher
+from .lease import keeper
+from .records import ExecutionStatus, SagaFailure
+from .saga import Saga
+from .store import Store
+
+__all__ = [
+    "DEFAULT_MAX_DELIVERIES",
+    "Busy",
+    "Failed",
+    "Finished",
+    "Outcome",
+    "RetryLater",
+    "deliver",
+    "saga_name",
+]
+
+DEFAULT_MAX_DELIVERIES = 10
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The execution succeeded; ``result`` is the saga function's return value."""
+
+    result: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The execution ended without a result."""
+
+    error: SagaError
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Deliver again after ``delay`` seconds, presenting ``lease_token``."""
+
+    delay: float
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another delivery holds the lease; deliver again after ``after`` seconds."""
+
+    after: float
+
+
+Outcome = Finished | Failed | RetryLater | Busy
+SagaFunction = Callable[..., Any]
+
+
+def saga_name(fn: SagaFunction) -> str:
+    """The name an execution of ``fn`` is journaled under."""
+    name = getattr(fn, "saga_name", None)
+    if isinstance(name, str):
+        return name
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qualname}"
+
+
+def deliver(
+    fn: SagaFunction,
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    key: str,
+    store: Store,
+    lease_token: str | None = None,
+    hooks: Hooks | None = None,
+    clock: Clock | None = None,
+    lock_ttl: float | None = None,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+) -> Outcome:
+    """Claim execution ``key`` of saga ``fn(saga, *args, **kwargs)`` and run it as far
+    as it can go in this delivery."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"an idempotency key must be a non-empty str, got {key!r}")
+    kwargs = dict(kwargs or {})
+    clock = clock or SYSTEM_CLOCK
+    hook = dispatcher(hooks)
+    name = saga_name(fn)
+    digest = _fingerprint(name, args, kwargs)
+    claim = store.claim(
+        key, saga=name, fingerprint=digest, lease_token=lease_token,
+        lock_ttl=lock_ttl or store.lock_ttl, at=clock.time(),
+    )
+    if claim.state == "busy":
+        return Busy(claim.retry_after)
+    execution = claim.execution
+    assert execution is not None
+    if claim.state == "conflict":
+        raise IdempotencyConflict(key, execution.saga)
+    if claim.state == "terminal":
+        hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True))
+        error = execution.exception()
+        return Failed(error) if error else Finished(execution.result)
+    assert claim.lease is not None
+    run = ExecutionRun(
+        store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock
+    )
+    resumed = execution.deliveries > 1 or bool(execution.steps)
+    hook.on_saga_start(SagaEvent(key, name, execution.status, resumed=resumed))
+    handle = keeper.keep(
+        store, key, claim.lease, clock,
+        on_lost=run.lose_lease, on_cancel=run.request_cancel,
+    )
+    try:
+        outcome = _drive(run, fn, args, kwargs, max_deliveries)
+    except Abort as exc:
+        raise exc.error from None
+    finally:
+        keeper.drop(handle)
+    error = outcome.error if isinstance(outcome, Failed) else None
+    hook.on_saga_end(SagaEvent(key, name, run.status, error=error))
+    return outcome
+
+
+def _fingerprint(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Hash of what the execution was started with; names the offending argument."""
+    try:
+        return fingerprint([name, list(args), kwargs])
+    except SerializationError:
+        for index, value in enumerate(args):
+            encode(value, what=f"argument {index + 1} of saga {name!r}")
+        for keyword, value in kwargs.items():
+            encode(value, what=f"keyword argument {keyword!r} of saga {name!r}")
+        raise
+
+
+def _drive(
+    run: ExecutionRun,
+    fn: SagaFunction,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    max_deliveries: int,
+) -> Outcome:
+    execution = run.journal.execution
+    poison = None
+    if execution.stalled_deliveries >= max_deliveries:
+        poison = DeliveryLimitExceeded(run.key, execution.stalled_deliveries, max_deliveries)
+    if execution.status == "compensating" and execution.error is not None:
+        # A compensation that keeps killing its worker is given up on, not retried.
+        return _roll_back(
+            run, fn, args, kwargs, execution.error, replay=True, give_up=poison
+        )
+    if poison is not None:
+        failure = SagaFailure(None, ErrorInfo.capture(poison))
+        return _roll_back(run, fn, args, kwargs, failure, replay=True, cause=poison)
+    if execution.cancel_requested:
+        failure = SagaFailure(None, None, reason="cancelled")
+        return _roll_back(run, fn, args, kwargs, failure, replay=True)
+
+    cause: BaseException | None
+    try:
+        result = fn(Saga(run), *args, **kwargs)
+    except Suspend as signal:
+        return RetryLater(signal.delay, run.lease.token)
+    except CancelRequested:
+        failure, cause = SagaFailure(None, None, reason="cancelled"), None
+    except StepFailed as exc:
+        failure, cause = SagaFailure(exc.step, ErrorInfo.capture(exc.cause)), exc.cause
+    except Exception as exc:
+        failure, cause = SagaFailure(None, ErrorInfo.capture(exc)), exc
+    except EngineSignal:
+        raise
+    except BaseException:
+        run.release()
+        raise
+    else:
+        try:
+            encoded = encode(result, what="saga result")
+        except SerializationError as exc:
+            failure, cause = SagaFailure(None, ErrorInfo.capture(exc)), exc
+        else:
+            run.commit(status="succeeded", result=encoded, release=True)
+            return Finished(decode(encoded))
+    return _roll_back(run, fn, args, kwargs, failure, replay=False, cause=cause)
+
+
+def _roll_back(
+    run: ExecutionRun,
+    fn: SagaFunction,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    failure: SagaFailure,
+    *,
+    replay: bool,
+    cause: BaseException | None = None,
+    give_up: BaseException | None = None,
+) -> Outcome:
+    """Compensate every completed step, latest first; never run a step forward."""
+    if run.status != "compensating":
+        run.commit(status="compensating", failure=failure)
+    if replay:
+        _collect_compensations(run, fn, args, kwargs)
+    try:
+        run.compensate(give_up=give_up)
+    except Suspend as signal:
+        return RetryLater(signal.delay, run.lease.token)
+    errors = tuple(run.journal.compensation_errors())
+    status: ExecutionStatus = (
+        "compensation_failed" if errors
+        else "cancelled" if failure.reason == "cancelled"
+        else "compensated"
+    )
+    final = SagaFailure(failure.failed_step, failure.cause, errors, failure.reason)
+    run.commit(status=status, failure=final, release=True)
+    return Failed(final.exception(run.key, status, cause))
+
+
+def _collect_compensations(
+    run: ExecutionRun, fn: SagaFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Replay the saga function over its completed steps only, to learn their
+    compensations (they are closures of the saga function)."""
+    run.rolling_back = True
+    try:
+        fn(Saga(run), *args, **kwargs)
+    except (StopReplay, CancelRequested, Exception):
+        pass
+    except Suspend:  # pragma: no cover - replay never runs anything
+        pass
+    except EngineSignal:
+        raise
+    except BaseException:
+        run.release()
+        raise
+    finally:
+        run.rolling_back = False

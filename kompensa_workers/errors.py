@@ -1,0 +1,233 @@
+"""Exceptions raised by kompensa-workers.
+
+The tree::
+
+    KompensaError
+     ├── PermanentError          raise from a step: never retried
+     ├── TransientError          raise from a step: retried by its policy
+     ├── StepTimeout             an attempt ran past its ``timeout`` (retried)
+     ├── StepFailed              a step failed for good (inside the saga function)
+     ├── SagaError               an execution ended without a result
+     │    ├── SagaFailed              rolled back cleanly
+     │    ├── CompensationFailed      a compensation exhausted its retries
+     │    └── SagaCancelled           cancelled, then rolled back
+     ├── IdempotencyConflict     same key, different arguments
+     ├── NonDeterminismError     replay called a different step than the journal
+     ├── DuplicateStepName       a step name used twice in one execution
+     ├── DeliveryLimitExceeded   delivered max_deliveries times in a row, no progress
+     ├── SagaBusy                another worker holds the execution's lease
+     ├── LeaseLost               a journal write was refused: a newer holder exists
+     ├── SerializationError      a value cannot be encoded (or a record decoded)
+     └── StoredError             a journaled error whose type is not importable here
+
+Control-flow signals the engine uses internally derive from ``BaseException``
+and live in :mod:`kompensa_workers._signals`; user code never sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CompensationFailed",
+    "DeliveryLimitExceeded",
+    "DuplicateStepName",
+    "IdempotencyConflict",
+    "KompensaError",
+    "LeaseLost",
+    "NonDeterminismError",
+    "PermanentError",
+    "SagaBusy",
+    "SagaCancelled",
+    "SagaError",
+    "SagaFailed",
+    "SerializationError",
+    "StepFailed",
+    "StepTimeout",
+    "StoredError",
+    "TransientError",
+]
+
+
+class KompensaError(Exception):
+    """Base class of every exception this library raises."""
+
+
+class PermanentError(KompensaError):
+    """Raised by a step to fail it for good: no retry, whatever the policy."""
+
+
+class TransientError(KompensaError):
+    """Raised by a step to ask for a retry (unless ``retry_on`` says otherwise)."""
+
+
+class StepTimeout(KompensaError):
+    """An attempt of a step was still running when its ``timeout`` elapsed."""
+
+    def __init__(self, step: str, timeout: float) -> None:
+        super().__init__(f"step {step!r} timed out after {timeout:g}s")
+        self.step = step
+        self.timeout = timeout
+
+
+class StepFailed(KompensaError):
+    """A step failed for good; raised inside the saga function at the step call."""
+
+    def __init__(self, step: str, attempts: int, cause: BaseException) -> None:
+        super().__init__(
+            f"step {step!r} failed after {attempts} attempt(s): "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.step = step
+        self.attempts = attempts
+        self.cause = cause
+
+
+CompensationErrors = Sequence[tuple[str, BaseException]]
+
+
+class SagaError(KompensaError):
+    """An execution ended without a result. Never raised itself; see subclasses."""
+
+    def __init__(
+        self,
+        key: str,
+        failed_step: str | None,
+        cause: BaseException | None,
+        compensation_errors: CompensationErrors = (),
+    ) -> None:
+        self.key = key
+        self.failed_step = failed_step
+        self.cause = cause
+        self.compensation_errors: list[tuple[str, BaseException]] = list(
+            compensation_errors
+        )
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = f"step {self.failed_step!r}" if self.failed_step else "saga code"
+        text = f"saga {self.key!r} {self._verb} at {where}"
+        if self.cause is not None:
+            text += f": {type(self.cause).__name__}: {self.cause}"
+        if self.compensation_errors:
+            failed = ", ".join(step for step, _ in self.compensation_errors)
+            text += f"; compensation failed for {failed}"
+        return text
+
+    _verb = "ended"
+
+
+class SagaFailed(SagaError):
+    """The saga failed and every completed step was compensated."""
+
+    _verb = "failed"
+
+
+class CompensationFailed(SagaError):
+    """The saga failed and at least one compensation exhausted its retries.
+
+    The system may be inconsistent: a person must look (``compensation_errors``).
+    """
+
+    _verb = "failed and could not be fully rolled back"
+
+
+class SagaCancelled(SagaError):
+    """The execution was cancelled; completed steps were compensated."""
+
+    _verb = "was cancelled"
+
+
+class IdempotencyConflict(KompensaError):
+    """The idempotency key was already used with different arguments."""
+
+    def __init__(self, key: str, saga: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used by saga {saga!r} with "
+            "different arguments; nothing was run"
+        )
+        self.key = key
+        self.saga = saga
+
+
+class NonDeterminismError(KompensaError):
+    """Replay reached a different step than the journal recorded at that point."""
+
+    def __init__(self, key: str, position: int, expected: str, called: str) -> None:
+        super().__init__(
+            f"saga {key!r}: call #{position + 1} is {called!r} but the journal "
+            f"recorded {expected!r} there; code between steps must be deterministic"
+        )
+        self.key = key
+        self.position = position
+        self.expected = expected
+        self.called = called
+
+
+class DuplicateStepName(KompensaError, ValueError):
+    """A step name was used twice in one execution."""
+
+    def __init__(self, key: str, step: str) -> None:
+        super().__init__(
+            f"saga {key!r}: step name {step!r} is used twice; names must be unique "
+            "within one execution (in loops use e.g. f'email-{i}')"
+        )
+        self.key = key
+        self.step = step
+
+
+class DeliveryLimitExceeded(KompensaError):
+    """Deliveries in a row ended without recording anything: a poison execution."""
+
+    def __init__(self, key: str, deliveries: int, max_deliveries: int) -> None:
+        super().__init__(
+            f"saga {key!r} was delivered {deliveries} times in a row without "
+            f"recording progress (max_deliveries={max_deliveries}); a worker crash, "
+            "OOM kill or time limit keeps ending it, so it is failed and rolled back"
+        )
+        self.key = key
+        self.deliveries = deliveries
+        self.max_deliveries = max_deliveries
+
+
+class SagaBusy(KompensaError):
+    """Another worker holds the lease of this execution."""
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        super().__init__(
+            f"saga {key!r} is being run by another worker; "
+            f"its lease frees in {retry_after:.3g}s"
+        )
+        self.key = key
+        self.retry_after = retry_after
+
+
+class LeaseLost(KompensaError):
+    """A journal write was refused because a newer lease holder exists."""
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        text = f"lease on saga {key!r} was lost; this worker's writes are refused"
+        super().__init__(f"{text} ({detail})" if detail else text)
+        self.key = key
+
+
+class SerializationError(KompensaError, TypeError):
+    """A value cannot be encoded for the journal, or a stored record cannot be read."""
+
+    def __init__(
+        self, message: str, *, step: str | None = None, type_name: str | None = None
+    ) -> None:
+        where = f"step {step!r}: " if step else ""
+        super().__init__(where + message)
+        self.step = step
+        self.type_name = type_name
+
+
+class StoredError(KompensaError):
+    """A journaled exception whose original type cannot be restored in this process."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback

@@ -1,0 +1,164 @@
+"""MemoryStore: the store protocol in one process, for tests and the embedded demo.
+
+It keeps the same encoded field layout as RedisStore, so every value round-trips
+through the codec exactly as it would in Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import LeaseLost
+from .records import TERMINAL, Execution
+from .store import Claim, JournalWrite, Lease, execution_from_fields
+
+__all__ = ["MemoryStore"]
+
+DEFAULT_LOCK_TTL = 30.0
+DEFAULT_RETENTION = 7 * 86400.0
+
+
+@dataclass
+class _HeldLease:
+    token: str
+    fence: int
+    expires_at: float
+
+
+class MemoryStore:
+    """A thread-safe, in-process journal. Not shared between processes."""
+
+    def __init__(
+        self,
+        *,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        retention: float = DEFAULT_RETENTION,
+        clock: Clock | None = None,
+    ) -> None:
+        if lock_ttl <= 0:
+            raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
+        self.lock_ttl = lock_ttl
+        self.retention = retention
+        self._clock = clock or SYSTEM_CLOCK
+        self._journals: dict[str, dict[str, bytes]] = {}
+        self._expires: dict[str, float] = {}
+        self._leases: dict[str, _HeldLease] = {}
+        self._mutex = threading.Lock()
+
+    def claim(
+        self,
+        key: str,
+        *,
+        saga: str,
+        fingerprint: str,
+        lease_token: str | None,
+        lock_ttl: float,
+        at: float,
+    ) -> Claim:
+        now = self._clock.time()
+        with self._mutex:
+            fields = self._live_fields(key, now)
+            if fields is None:
+                fields = {
+                    "saga": saga.encode(),
+                    "fingerprint": fingerprint.encode(),
+                    "status": b"running",
+                    "created_at": repr(at).encode(),
+                    "updated_at": repr(at).encode(),
+                    "fence": b"0",
+                    "deliveries": b"0",
+                    "stalled": b"0",
+                    "open": b"0",
+                    "cancel": b"0",
+                }
+                self._journals[key] = fields
+            if fields["fingerprint"] != fingerprint.encode():
+                return Claim("conflict", execution_from_fields(key, fields))
+            if fields["status"].decode() in TERMINAL:
+                return Claim("terminal", execution_from_fields(key, fields))
+            held = self._leases.get(key)
+            if held and held.expires_at > now and held.token != lease_token:
+                return Claim("busy", retry_after=held.expires_at - now)
+            fence = int(fields["fence"]) + 1
+            # The previous grant never handed off (finish, release, delayed retry):
+            # its worker died, and whatever it was running counts as an attempt.
+            stalled = int(fields["stalled"]) + (fields["open"] == b"1")
+            fields.update(
+                fence=str(fence).encode(),
+                deliveries=str(int(fields["deliveries"]) + 1).encode(),
+                stalled=str(stalled).encode(),
+                open=b"1",
+            )
+            token = secrets.token_hex(16)
+            self._leases[key] = _HeldLease(token, fence, now + lock_ttl)
+            return Claim(
+                "granted",
+                execution_from_fields(key, fields),
+                Lease(token, fence, lock_ttl),
+            )
+
+    def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
+        now = self._clock.time()
+        with self._mutex:
+            fields = self._check_holder(key, lease, now)
+            fields.update(write.steps)
+            if write.status is not None:
+                fields["status"] = write.status.encode()
+            if write.result is not None:
+                fields["result"] = write.result
+            if write.failure is not None:
+                fields["error"] = write.failure
+            fields["updated_at"] = repr(write.at).encode()
+            fields["stalled"] = b"0"  # progress: earlier crashes are accounted for
+            if write.release:
+                del self._leases[key]
+                fields["open"] = b"0"
+            elif write.lease_ttl is not None:
+                self._leases[key].expires_at = now + write.lease_ttl
+                fields["open"] = b"0"
+            if fields["status"].decode() in TERMINAL:
+                self._expires[key] = now + self.retention
+            return fields["cancel"] == b"1"
+
+    def renew(self, key: str, lease: Lease, at: float) -> bool:
+        now = self._clock.time()
+        with self._mutex:
+            fields = self._check_holder(key, lease, now)
+            held = self._leases[key]
+            # Never shorten: a commit may have stretched it for a delayed retry.
+            held.expires_at = max(held.expires_at, now + lease.ttl)
+            return fields["cancel"] == b"1"
+
+    def get(self, key: str) -> Execution | None:
+        with self._mutex:
+            fields = self._live_fields(key, self._clock.time())
+            return None if fields is None else execution_from_fields(key, fields)
+
+    def cancel(self, key: str) -> bool:
+        with self._mutex:
+            fields = self._live_fields(key, self._clock.time())
+            if fields is None or fields["status"].decode() in TERMINAL:
+                return False
+            fields["cancel"] = b"1"
+            return True
+
+    def _live_fields(self, key: str, now: float) -> dict[str, bytes] | None:
+        expires_at = self._expires.get(key)
+        if expires_at is not None and expires_at <= now:
+            self._journals.pop(key, None)
+            self._expires.pop(key, None)
+        return self._journals.get(key)
+
+    def _check_holder(self, key: str, lease: Lease, now: float) -> dict[str, bytes]:
+        held = self._leases.get(key)
+        fields = self._journals.get(key)
+        if held is None or fields is None:
+            raise LeaseLost(key, "no lease is held")
+        if held.token != lease.token or int(fields["fence"]) != lease.fence:
+            raise LeaseLost(key, "another worker took the lease over")
+        if held.expires_at <= now:
+            raise LeaseLost(key, "the lease expired")
+        return fields
