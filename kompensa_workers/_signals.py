@@ -6,7 +6,7 @@ them; the delivery driver turns each into an outcome. None of them escapes it.
 
 from __future__ import annotations
 
-from .errors import LeaseLost
+from .errors import LeaseLost, NonDeterminismError
 
 
 class EngineSignal(BaseException):
@@ -33,6 +33,18 @@ class Abort(EngineSignal):
     """The lease was lost: stop at once, touch nothing."""
 
     def __init__(self, error: LeaseLost) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Diverged(EngineSignal):
+    """Replay called a different step than the journal holds: stop, change nothing.
+
+    Not an ordinary exception because failing (and compensating) a real order
+    because the code was changed under it would be worse than waiting for a fix.
+    """
+
+    def __init__(self, error: NonDeterminismError) -> None:
         super().__init__(error)
         self.error = error
 

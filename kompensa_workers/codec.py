@@ -44,8 +44,10 @@ def _default(value: object) -> msgpack.ExtType:
         return msgpack.ExtType(_BIGINT, str(value).encode())
     if kind is dt.datetime:
         assert isinstance(value, dt.datetime)
-        zone = value.tzinfo.key if isinstance(value.tzinfo, ZoneInfo) else None
-        return msgpack.ExtType(_DATETIME, _pack([value.isoformat(), zone]))
+        if isinstance(value.tzinfo, ZoneInfo):  # wall time + zone name + fold
+            wall = value.replace(tzinfo=None).isoformat()
+            return msgpack.ExtType(_DATETIME, _pack([wall, value.tzinfo.key, value.fold]))
+        return msgpack.ExtType(_DATETIME, _pack([value.isoformat(), None, value.fold]))
     if kind is dt.date:
         assert isinstance(value, dt.date)
         return msgpack.ExtType(_DATE, value.isoformat().encode())
@@ -53,7 +55,7 @@ def _default(value: object) -> msgpack.ExtType:
         assert isinstance(value, dt.time)
         if value.tzinfo is not None and not isinstance(value.tzinfo, dt.timezone):
             raise TypeError(value)
-        return msgpack.ExtType(_TIME, value.isoformat().encode())
+        return msgpack.ExtType(_TIME, _pack([value.isoformat(), value.fold]))
     if kind is dt.timedelta:
         assert isinstance(value, dt.timedelta)
         parts = [value.days, value.seconds, value.microseconds]
@@ -76,13 +78,14 @@ def _ext_hook(code: int, payload: bytes) -> object:
     if code == _BIGINT:
         return int(payload.decode())
     if code == _DATETIME:
-        iso, zone = _unpack(payload)
-        moment = dt.datetime.fromisoformat(iso)
-        return moment.astimezone(ZoneInfo(zone)) if zone else moment
+        iso, zone, fold = _unpack(payload)
+        moment = dt.datetime.fromisoformat(iso).replace(fold=fold)
+        return moment.replace(tzinfo=ZoneInfo(zone)) if zone else moment
     if code == _DATE:
         return dt.date.fromisoformat(payload.decode())
     if code == _TIME:
-        return dt.time.fromisoformat(payload.decode())
+        iso, fold = _unpack(payload)
+        return dt.time.fromisoformat(iso).replace(fold=fold)
     if code == _TIMEDELTA:
         days, seconds, micros = _unpack(payload)
         return dt.timedelta(days=days, seconds=seconds, microseconds=micros)

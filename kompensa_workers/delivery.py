@@ -9,7 +9,11 @@ translate its outcome::
     Busy(after)              another delivery holds the lease; try again in ``after`` s
 
 It never sleeps. ``LeaseLost`` is raised (not returned) when this delivery was
-superseded: drop it, the newer holder carries on.
+superseded: drop it, the newer holder carries on. ``NonDeterminismError`` is raised
+when replay reaches a different step than the journal holds (the code changed under
+a running execution): nothing is written or compensated, the lease lapses after its
+TTL, and the execution resumes once the code matches again (or, after
+``max_deliveries`` such deliveries, is failed and rolled back as poison).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._signals import Abort, CancelRequested, EngineSignal, StopReplay, Suspend
+from ._signals import Abort, CancelRequested, Diverged, EngineSignal, StopReplay, Suspend
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import decode, encode, fingerprint
 from .engine import ExecutionRun
@@ -141,7 +145,7 @@ def deliver(
     )
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
-    except Abort as exc:
+    except (Abort, Diverged) as exc:
         raise exc.error from None
     finally:
         keeper.drop(handle)
@@ -251,7 +255,7 @@ def _collect_compensations(
     run.rolling_back = True
     try:
         fn(Saga(run), *args, **kwargs)
-    except (StopReplay, CancelRequested, Exception):
+    except (StopReplay, CancelRequested, Diverged, Exception):
         pass
     except Suspend:  # pragma: no cover - replay never runs anything
         pass

@@ -17,11 +17,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._signals import Abort, CancelRequested, EngineSignal, StopReplay, Suspend
+from ._signals import Abort, CancelRequested, Diverged, EngineSignal, StopReplay, Suspend
 from .attempt import call_attempt
 from .clock import Clock
 from .context import StepContext, _current
-from .errors import KompensaError, LeaseLost, SerializationError, StepFailed
+from .errors import (
+    KompensaError,
+    LeaseLost,
+    NonDeterminismError,
+    SerializationError,
+    StepFailed,
+)
 from .hooks import CompensationEvent, HookDispatcher, StepEvent
 from .journal import Journal, Replay, Reraise, Run, Wait
 from .records import Execution, ExecutionStatus, SagaFailure, StepRecord
@@ -163,7 +169,10 @@ class ExecutionRun:
     def step(self, spec: Step) -> Any:
         """``saga.step``: replay, re-raise, wait, or run the step."""
         _refuse_nesting(spec.name)
-        position, record = self.journal.enter_step(spec.name)
+        try:
+            position, record = self.journal.enter_step(spec.name)
+        except NonDeterminismError as exc:
+            raise Diverged(exc) from None
         plan = self.journal.plan(record, self.clock.time())
         if isinstance(plan, Replay):
             self._remember(spec)
@@ -186,7 +195,10 @@ class ExecutionRun:
         """``saga.parallel``: run the children concurrently, each journaled."""
         _refuse_nesting(group)
         specs = _check_children(group, specs)
-        position, records = self.journal.enter_group(group, [s.name for s in specs])
+        try:
+            position, records = self.journal.enter_group(group, [s.name for s in specs])
+        except NonDeterminismError as exc:
+            raise Diverged(exc) from None
         now = self.clock.time()
         plans = {s.name: self.journal.plan(records[s.name], now) for s in specs}
         failed = [p.error for p in plans.values() if isinstance(p, Reraise)]

@@ -62,7 +62,11 @@ class Journal:
         self._mutex = threading.Lock()
         self._called: set[str] = set()
         self._position = 0
-        self._stalled = execution.stalled_deliveries
+        # Attempts lost with a dead worker are owed to the side it was running.
+        self._stalled_forward = 0 if execution.status == "compensating" else (
+            execution.stalled_deliveries
+        )
+        self._stalled_rollback = execution.stalled_deliveries - self._stalled_forward
         self._seq = max((s.completed_seq or 0 for s in execution.steps), default=0)
 
     @property
@@ -117,7 +121,7 @@ class Journal:
     def plan(self, record: StepRecord | None, now: float) -> Plan:
         """What to do at a step call, given its record."""
         if record is None:
-            return Run(self._next_attempt(0))
+            return Run(self._next_attempt(0, rollback=False))
         if record.status == "succeeded":
             return Replay(record.result)
         if record.status == "failed":
@@ -125,15 +129,19 @@ class Journal:
             return Reraise(StepFailed(record.name, record.attempts, cause or Exception()))
         if record.status == "retrying" and record.retry_at and record.retry_at > now:
             return Wait(record.retry_at - now)
-        return Run(self._next_attempt(record.attempts))
+        return Run(self._next_attempt(record.attempts, rollback=False))
 
-    def _next_attempt(self, recorded: int) -> int:
-        """Attempts that died with their process were never recorded: the first
+    def _next_attempt(self, recorded: int, *, rollback: bool) -> int:
+        """Attempts that died with their worker were never recorded: the first
         attempt of a delivery counts them (grants since the last write that never
-        handed off)."""
-        with_stalled = recorded + self._stalled + 1
-        self._stalled = 0
-        return with_stalled
+        handed off). A worker killed between a journal write and the next step's
+        start is counted as an attempt of that next step."""
+        with self._mutex:
+            if rollback:
+                lost, self._stalled_rollback = self._stalled_rollback, 0
+            else:
+                lost, self._stalled_forward = self._stalled_forward, 0
+        return recorded + lost + 1
 
     def succeeded(
         self,
@@ -220,7 +228,7 @@ class Journal:
         comp = record.compensation
         if comp and comp.retry_at and comp.retry_at > now:
             return Wait(comp.retry_at - now)
-        return Run(self._next_attempt(comp.attempts if comp else 0))
+        return Run(self._next_attempt(comp.attempts if comp else 0, rollback=True))
 
     def compensated(self, record: StepRecord, attempt: int, now: float) -> StepRecord:
         """``record`` with its compensation done."""

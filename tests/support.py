@@ -1,0 +1,76 @@
+"""Shared test doubles: a side-effect ledger and a store that dies at its k-th write."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kompensa_workers.records import Execution
+from kompensa_workers.store import Claim, JournalWrite, Lease, Store
+
+
+class Ledger:
+    """Records every side effect, in order, thread-safely."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, ...]] = []
+        self._mutex = threading.Lock()
+
+    def add(self, *entry: str) -> None:
+        with self._mutex:
+            self.entries.append(entry)
+
+    def count(self, *entry: str) -> int:
+        return sum(1 for e in self.entries if e == entry)
+
+    def kinds(self, kind: str) -> list[str]:
+        return [e[1] for e in self.entries if e[0] == kind]
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: the worker is gone, nothing after this runs."""
+
+
+class CrashingStore:
+    """Delegates to ``store`` until its ``crash_at``-th commit, then dies.
+
+    ``landed=False``: the write is lost with the worker. ``landed=True``: the write
+    reaches the store, and the worker dies before it learns so. After dying every
+    call raises Crash (the process no longer exists).
+    """
+
+    def __init__(self, store: Store, crash_at: int | None, *, landed: bool = False) -> None:
+        self.store = store
+        self.crash_at = crash_at
+        self.landed = landed
+        self.commits = 0
+        self.dead = False
+        self.lock_ttl = store.lock_ttl
+
+    def _alive(self) -> None:
+        if self.dead:
+            raise Crash()
+
+    def claim(self, key: str, **kwargs: Any) -> Claim:
+        self._alive()
+        return self.store.claim(key, **kwargs)
+
+    def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
+        self._alive()
+        self.commits += 1
+        if self.commits == self.crash_at:
+            self.dead = True
+            if self.landed:
+                self.store.commit(key, lease, write)
+            raise Crash()
+        return self.store.commit(key, lease, write)
+
+    def renew(self, key: str, lease: Lease, at: float) -> bool:
+        self._alive()
+        return self.store.renew(key, lease, at)
+
+    def get(self, key: str) -> Execution | None:
+        return self.store.get(key)
+
+    def cancel(self, key: str) -> bool:
+        return self.store.cancel(key)
