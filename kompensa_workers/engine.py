@@ -200,7 +200,7 @@ class ExecutionRun:
         except NonDeterminismError as exc:
             raise Diverged(exc) from None
         now = self.clock.time()
-        plans = {s.name: self.journal.plan(records[s.name], now) for s in specs}
+        plans = self.journal.plan_group(records, now)
         failed = [p.error for p in plans.values() if isinstance(p, Reraise)]
         pending = [s for s in specs if isinstance(plans[s.name], (Run, Wait))]
         for spec in specs:

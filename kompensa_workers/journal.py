@@ -120,8 +120,25 @@ class Journal:
 
     def plan(self, record: StepRecord | None, now: float) -> Plan:
         """What to do at a step call, given its record."""
+        return self.plan_group({"": record}, now)[""]
+
+    def plan_group(
+        self, records: dict[str, StepRecord | None], now: float
+    ) -> dict[str, Plan]:
+        """Plans for steps that run side by side: a worker that died while running
+        them interrupted every one, so each Run counts the lost attempts."""
+        plans = {name: self._plan(record, now) for name, record in records.items()}
+        if any(isinstance(p, Run) for p in plans.values()):
+            lost = self._take_lost(rollback=False)
+            plans = {
+                name: Run(p.attempt + lost) if isinstance(p, Run) else p
+                for name, p in plans.items()
+            }
+        return plans
+
+    def _plan(self, record: StepRecord | None, now: float) -> Plan:
         if record is None:
-            return Run(self._next_attempt(0, rollback=False))
+            return Run(1)
         if record.status == "succeeded":
             return Replay(record.result)
         if record.status == "failed":
@@ -129,9 +146,9 @@ class Journal:
             return Reraise(StepFailed(record.name, record.attempts, cause or Exception()))
         if record.status == "retrying" and record.retry_at and record.retry_at > now:
             return Wait(record.retry_at - now)
-        return Run(self._next_attempt(record.attempts, rollback=False))
+        return Run(record.attempts + 1)
 
-    def _next_attempt(self, recorded: int, *, rollback: bool) -> int:
+    def _take_lost(self, *, rollback: bool) -> int:
         """Attempts that died with their worker were never recorded: the first
         attempt of a delivery counts them (grants since the last write that never
         handed off). A worker killed between a journal write and the next step's
@@ -141,7 +158,7 @@ class Journal:
                 lost, self._stalled_rollback = self._stalled_rollback, 0
             else:
                 lost, self._stalled_forward = self._stalled_forward, 0
-        return recorded + lost + 1
+        return lost
 
     def succeeded(
         self,
@@ -228,7 +245,8 @@ class Journal:
         comp = record.compensation
         if comp and comp.retry_at and comp.retry_at > now:
             return Wait(comp.retry_at - now)
-        return Run(self._next_attempt(comp.attempts if comp else 0, rollback=True))
+        recorded = comp.attempts if comp else 0
+        return Run(recorded + self._take_lost(rollback=True) + 1)
 
     def compensated(self, record: StepRecord, attempt: int, now: float) -> StepRecord:
         """``record`` with its compensation done."""

@@ -9,8 +9,8 @@ import pytest
 from kompensa_workers import (
     Busy,
     CompensationFailed,
-    Failed,
     DuplicateStepName,
+    Failed,
     Finished,
     Hooks,
     IdempotencyConflict,
