@@ -1,0 +1,58 @@
+"""`make demo` and the examples, run as real processes the way a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def section(output: str, title: str) -> str:
+    start = output.index(title)
+    end = output.find("\n── ", start + 1)
+    return output[start:] if end < 0 else output[start:end]
+
+
+def test_demo_shows_every_promise() -> None:
+    output = run("-m", "kompensa_workers", "demo")
+    flaky = section(output, "order 1001: the card network fails twice")
+    # The flaky charge is retried, and each wait ends the delivery (slot free).
+    assert flaky.count("delivery ends: retry scheduled, worker slot free") == 2
+    assert "charge    attempt 3  ok" in flaky
+    assert "'charge': 'ch-1001'" in flaky
+    declined = section(output, "order 1002: the card is declined")
+    assert "reserve   compensated" in declined
+    assert "SagaFailed" in declined
+    killed = section(output, "order 1003: the worker is killed")
+    assert "resuming from the journal" in killed
+    assert "reserve   attempt" not in killed.split("worker killed")[1]
+    assert "charge    attempt 2  ok" in killed
+    duplicate = section(output, "order 1001 delivered again")
+    assert "answered from the journal: succeeded, nothing ran" in duplicate
+    effects = section(output, "every side effect the shop saw").splitlines()[1:]
+    effects = [line.strip() for line in effects if line.strip()]
+    assert effects.count("reserve 1001") == 1
+    assert effects.count("charge 1001 (Idempotency-Key order-1001:charge)") == 1
+    assert effects.count("reserve 1003") == 1
+    assert effects.count("release res-1002") == 1
+    assert not any(line.startswith("charge 1002") for line in effects)
+
+
+def test_examples_run() -> None:
+    checkout = run("examples/checkout.py")
+    assert "released res-43" in checkout
+    assert "order 43: saga 'order-43' failed at step 'charge'" in checkout
+    consumer = run("examples/any_consumer.py")
+    assert "duplicate deferred" in consumer
+    assert consumer.count("finished -> ch_1") == 2
+    assert "charge was attempted 3 times, succeeded once" in consumer
