@@ -205,24 +205,6 @@ def test_cancelled_execution_raises_cancelled_again(
     assert first.value.key == "k1"
 
 
-def test_cancel_sets_the_running_steps_flag(runner: SagaRunner, store: MemoryStore) -> None:
-    seen: list[bool] = []
-
-    def saga(s: Saga) -> None:
-        s.step("first", lambda: store.cancel(s.key))
-        s.step("second", lambda: None)
-
-    # A cancel that arrives with a write is forwarded to running steps at once.
-    def cancel_then_look(s: Saga) -> None:
-        s.step("flag", lambda: store.cancel(s.key))
-
-    with pytest.raises(SagaCancelled):
-        runner.run(saga, idempotency_key="k1")
-    assert store.cancel("k1") is False  # terminal now: nothing left to cancel
-    assert store.cancel("missing") is False
-    del seen, cancel_then_look
-
-
 def test_cancel_before_delivery_compensates_without_running_forward(
     runner: SagaRunner, store: MemoryStore, clock: FakeClock
 ) -> None:
