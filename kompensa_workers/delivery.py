@@ -114,6 +114,10 @@ def deliver(
     as it can go in this delivery."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"an idempotency key must be a non-empty str, got {key!r}")
+    if max_deliveries < 1:
+        raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries!r}")
+    if lock_ttl is not None and lock_ttl <= 0:
+        raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
     kwargs = dict(kwargs or {})
     clock = clock or SYSTEM_CLOCK
     hook = dispatcher(hooks)

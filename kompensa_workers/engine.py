@@ -180,8 +180,8 @@ class ExecutionRun:
         if isinstance(plan, Reraise):
             raise plan.error
         self.check_forward()
-        if isinstance(plan, Wait):
-            raise Suspend(plan.delay)
+        if isinstance(plan, Wait):  # delivered early: hand off again, wait the rest
+            raise self.wait_for_retry(delay=plan.delay)
         base = record or _new_record(spec, position)
         outcome = self._attempts(spec, base, plan.attempt, None)
         if isinstance(outcome, _Waiting):
@@ -215,7 +215,10 @@ class ExecutionRun:
         self.check_forward()
         waits = [p.delay for p in plans.values() if isinstance(p, Wait)]
         runnable = [s for s in pending if isinstance(plans[s.name], Run)]
-        outcomes = self._run_children(group, runnable, plans, records, position, fail_fast)
+        outcomes = (
+            self._run_children(group, runnable, plans, records, position, fail_fast)
+            if runnable else {}
+        )
         waiting = [o for o in outcomes.values() if isinstance(o, _Waiting)]
         waits += [o.delay for o in waiting]
         failed += [o.error for o in outcomes.values() if isinstance(o, _GaveUp)]
@@ -336,7 +339,7 @@ class ExecutionRun:
                 continue
             plan = self.journal.plan_compensation(record, self.clock.time())
             if isinstance(plan, Wait):
-                raise Suspend(plan.delay)
+                raise self.wait_for_retry(delay=plan.delay)
             self._compensate_one(record, plan.attempt, *registered)
 
     def _compensate_one(

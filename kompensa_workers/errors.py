@@ -105,8 +105,11 @@ class SagaError(KompensaError):
         super().__init__(self._describe())
 
     def _describe(self) -> str:
-        where = f"step {self.failed_step!r}" if self.failed_step else "saga code"
-        text = f"saga {self.key!r} {self._verb} at {where}"
+        text = f"saga {self.key!r} {self._verb}"
+        if self.failed_step:
+            text += f" at step {self.failed_step!r}"
+        elif self.cause is not None:
+            text += " in saga code"
         if self.cause is not None:
             text += f": {type(self.cause).__name__}: {self.cause}"
         if self.compensation_errors:

@@ -58,7 +58,11 @@ class Journal:
     """
 
     def __init__(self, execution: Execution) -> None:
-        self.execution = execution
+        self.execution = execution  # as claimed; records below move on from it
+        self._records = {s.name: s for s in execution.steps}
+        self._by_position: dict[int, list[StepRecord]] = {}
+        for record in execution.steps:
+            self._by_position.setdefault(record.position, []).append(record)
         self._mutex = threading.Lock()
         self._called: set[str] = set()
         self._position = 0
@@ -83,7 +87,7 @@ class Journal:
             if recorded and (recorded[0].name != name or recorded[0].parent):
                 expected = recorded[0].parent or recorded[0].name
                 raise NonDeterminismError(self.key, position, expected, name)
-            record = self.execution.step(name)
+            record = self._records.get(name)
             if record is not None and record.position != position:
                 raise NonDeterminismError(self.key, position, "<nothing>", name)
             return position, record
@@ -98,7 +102,7 @@ class Journal:
                 if recorded.parent != group or recorded.name not in children:
                     expected = recorded.parent or recorded.name
                     raise NonDeterminismError(self.key, position, expected, group)
-            records = {name: self.execution.step(name) for name in children}
+            records = {name: self._records.get(name) for name in children}
             for record in records.values():
                 if record is not None and record.position != position:
                     raise NonDeterminismError(self.key, position, "<nothing>", group)
@@ -114,7 +118,7 @@ class Journal:
         return position
 
     def _at(self, position: int) -> list[StepRecord]:
-        return [s for s in self.execution.steps if s.position == position]
+        return self._by_position.get(position, [])
 
     # -- forward steps --------------------------------------------------------
 
@@ -228,14 +232,19 @@ class Journal:
     def apply(self, *records: StepRecord) -> None:
         """Make written records part of this delivery's view."""
         with self._mutex:
-            self.execution = self.execution.with_steps(*records)
+            for record in records:
+                self._records[record.name] = record
+
+    def record(self, name: str) -> StepRecord | None:
+        """The latest record of step ``name`` in this delivery's view."""
+        return self._records.get(name)
 
     # -- rollback -------------------------------------------------------------
 
     def owed_compensations(self, names: set[str] | None = None) -> list[StepRecord]:
         """Completed, undoable steps not yet undone: latest completion first."""
         owed = [
-            s for s in self.execution.steps
+            s for s in self._records.values()
             if s.owes_compensation and (names is None or s.name in names)
         ]
         return sorted(owed, key=lambda s: s.completed_seq or 0, reverse=True)
@@ -283,7 +292,7 @@ class Journal:
     def compensation_errors(self) -> list[tuple[str, ErrorInfo]]:
         """Compensations that gave up, latest completion first."""
         failed = [
-            s for s in self.execution.steps
+            s for s in self._records.values()
             if s.compensation and s.compensation.status == "failed"
         ]
         failed.sort(key=lambda s: s.completed_seq or 0, reverse=True)

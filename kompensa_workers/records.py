@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .codec import decode, encode
@@ -231,9 +231,3 @@ class Execution:
         if self.error is None:
             return None
         return self.error.exception(self.key, self.status)
-
-    def with_steps(self, *records: StepRecord) -> Execution:
-        """A copy with ``records`` replacing steps of the same name."""
-        merged = dict(self._by_name)
-        merged.update((r.name, r) for r in records)
-        return replace(self, steps=tuple(merged.values()))
