@@ -37,6 +37,18 @@ class Abort(EngineSignal):
         self.error = error
 
 
+class StoreFailed(EngineSignal):
+    """A journal write failed for a reason other than a lost lease (Redis down).
+
+    The write may or may not have landed, so nothing more may be done in this
+    delivery: it ends, the execution stays as the journal has it, and resumes later.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class Diverged(EngineSignal):
     """Replay called a different step than the journal holds: stop, change nothing.
 

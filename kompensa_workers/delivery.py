@@ -9,7 +9,9 @@ translate its outcome::
     Busy(after)              another delivery holds the lease; try again in ``after`` s
 
 It never sleeps. ``LeaseLost`` is raised (not returned) when this delivery was
-superseded: drop it, the newer holder carries on. ``NonDeterminismError`` is raised
+superseded: drop it, the newer holder carries on. An error from the store itself
+(Redis unreachable) is raised as is: the execution stays as the journal has it
+and resumes on a later delivery. ``NonDeterminismError`` is raised
 when replay reaches a different step than the journal holds (the code changed under
 a running execution): nothing is written or compensated, the lease lapses after its
 TTL, and the execution resumes once the code matches again (or, after
@@ -22,7 +24,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._signals import Abort, CancelRequested, Diverged, EngineSignal, StopReplay, Suspend
+from ._signals import (
+    Abort,
+    CancelRequested,
+    Diverged,
+    EngineSignal,
+    StopReplay,
+    StoreFailed,
+    Suspend,
+)
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import decode, encode, fingerprint
 from .engine import ExecutionRun
@@ -37,6 +47,7 @@ from .failures import ErrorInfo
 from .hooks import Hooks, SagaEvent, dispatcher
 from .lease import keeper
 from .records import ExecutionStatus, SagaFailure
+from .rollback import compensate
 from .saga import Saga
 from .store import Store
 
@@ -149,7 +160,7 @@ def deliver(
     )
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
-    except (Abort, Diverged) as exc:
+    except (Abort, Diverged, StoreFailed) as exc:
         raise exc.error from None
     finally:
         keeper.drop(handle)
@@ -237,7 +248,7 @@ def _roll_back(
     if replay:
         _collect_compensations(run, fn, args, kwargs)
     try:
-        run.compensate(give_up=give_up)
+        compensate(run, give_up=give_up)
     except Suspend as signal:
         return RetryLater(signal.delay, run.lease.token)
     errors = tuple(run.journal.compensation_errors())

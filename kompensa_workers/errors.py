@@ -53,6 +53,15 @@ class KompensaError(Exception):
     """Base class of every exception this library raises."""
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text}"
+
+
 class PermanentError(KompensaError):
     """Raised by a step to fail it for good: no retry, whatever the policy."""
 
@@ -74,10 +83,7 @@ class StepFailed(KompensaError):
     """A step failed for good; raised inside the saga function at the step call."""
 
     def __init__(self, step: str, attempts: int, cause: BaseException) -> None:
-        super().__init__(
-            f"step {step!r} failed after {attempts} attempt(s): "
-            f"{type(cause).__name__}: {cause}"
-        )
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {describe(cause)}")
         self.step = step
         self.attempts = attempts
         self.cause = cause
@@ -111,7 +117,7 @@ class SagaError(KompensaError):
         elif self.cause is not None:
             text += " in saga code"
         if self.cause is not None:
-            text += f": {type(self.cause).__name__}: {self.cause}"
+            text += f": {describe(self.cause)}"
         if self.compensation_errors:
             failed = ", ".join(step for step, _ in self.compensation_errors)
             text += f"; compensation failed for {failed}"

@@ -1,8 +1,10 @@
-"""Journaled exceptions: captured with type, args, attributes and traceback text.
+"""Journaled exceptions: captured with type, arguments, attributes and traceback.
 
-Restoring gives back the original exception type when that type is already
-imported in this process (nothing is imported on the say-so of stored data), else a
-:class:`StoredError` carrying the same text.
+Capture follows the exception pickling protocol (``__reduce__``: the arguments to
+call the class with, and its ``__dict__``) but writes them with the codec, never
+pickle. Restoring gives back the original type when that type is already imported
+in this process (nothing is imported on the say-so of stored data) and can be
+rebuilt and printed; otherwise a :class:`StoredError` with the same text.
 """
 
 from __future__ import annotations
@@ -32,36 +34,55 @@ class ErrorInfo:
 
     @classmethod
     def capture(cls, exc: BaseException) -> ErrorInfo:
-        """Record ``exc``; parts that cannot be encoded are kept as their repr."""
+        """Record ``exc``; parts that cannot be encoded are left out."""
         kind = type(exc)
+        args, state = _reduced(exc)
+        portable_args = tuple(_portable(a) for a in args)
         attributes = {
             name: _portable(value)
-            for name, value in vars(exc).items()
-            if not name.startswith("__")
+            for name, value in state.items()
+            if isinstance(name, str) and not name.startswith("__")
         }
-        args = tuple(_portable(a) for a in exc.args)
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<unprintable>"
         text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
         return cls(
             type_name=f"{kind.__module__}.{kind.__qualname__}",
-            message=str(exc),
-            args=args if _encodable(args) else None,
+            message=_clean(message),
+            args=portable_args if _encodable(portable_args) else None,
             attributes={k: v for k, v in attributes.items() if _encodable(v)},
-            traceback=text,
+            traceback=_clean(text),
         )
 
     def restore(self) -> BaseException:
-        """The exception again, as its original type when that type is loaded here."""
+        """The exception again, as its original type when that can be rebuilt here."""
         kind = _loaded_exception_type(self.type_name)
         if kind is None:
-            return StoredError(self.type_name, self.message, self.traceback)
-        exc = kind.__new__(kind)
-        exc.args = tuple(_restore(a) for a in self.args or (self.message,))
+            return self._stand_in()
+        args = tuple(_restore(a) for a in self.args or (self.message,))
+        try:
+            exc = kind(*args)
+        except Exception:  # a constructor that does not take its own args back
+            try:
+                exc = kind.__new__(kind)
+                exc.args = args
+            except Exception:
+                return self._stand_in()
         for name, value in self.attributes.items():
             try:
                 setattr(exc, name, _restore(value))
-            except AttributeError:  # a read-only property: the args carry it
+            except Exception:  # a read-only property: the args carry it
                 continue
+        try:
+            str(exc)
+        except Exception:  # it needs state that could not be journaled
+            return self._stand_in()
         return exc
+
+    def _stand_in(self) -> StoredError:
+        return StoredError(self.type_name, self.message, self.traceback)
 
     def to_wire(self) -> list[Any]:
         """A plain structure for the codec."""
@@ -77,10 +98,36 @@ class ErrorInfo:
         )
 
 
+def _reduced(exc: BaseException) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The constructor arguments and state pickle would use (OSError keeps errno,
+    strerror and filename this way)."""
+    try:
+        reduced = exc.__reduce__()
+    except Exception:
+        reduced = ()
+    if isinstance(reduced, tuple) and len(reduced) >= 2 and reduced[0] is type(exc):
+        args = reduced[1] if isinstance(reduced[1], tuple) else exc.args
+        state = reduced[2] if len(reduced) > 2 and isinstance(reduced[2], dict) else {}
+        return args, {**vars(exc), **state} if hasattr(exc, "__dict__") else state
+    return exc.args, dict(getattr(exc, "__dict__", {}))
+
+
+def _clean(text: str) -> str:
+    """Text the codec can write: lone surrogates (from undecodable file names)
+    become escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _portable(value: Any) -> Any:
-    """Nested exceptions become marked ErrorInfo structures."""
+    """Nested exceptions become marked ErrorInfo structures; text is cleaned."""
     if isinstance(value, BaseException):
         return {_EXCEPTION_MARK: ErrorInfo.capture(value).to_wire()}
+    if type(value) is str:
+        return _clean(value)
     if type(value) is list or type(value) is tuple:
         return type(value)(_portable(v) for v in value)
     return value

@@ -216,19 +216,6 @@ class Journal:
         )
         return record, delay
 
-    def interrupted(
-        self, base: StepRecord, attempt: int, exc: BaseException, *, started_at: float
-    ) -> StepRecord:
-        """An attempt cut short by a BaseException (KeyboardInterrupt, SystemExit)."""
-        return replace(
-            base,
-            status="interrupted",
-            attempts=attempt,
-            error=ErrorInfo.capture(exc),
-            started_at=base.started_at or started_at,
-            retry_at=None,
-        )
-
     def apply(self, *records: StepRecord) -> None:
         """Make written records part of this delivery's view."""
         with self._mutex:
@@ -282,11 +269,14 @@ class Journal:
         )
         return replace(record, compensation=comp), delay
 
-    def compensation_interrupted(
-        self, record: StepRecord, attempt: int, exc: BaseException
+    def compensation_abandoned(
+        self, record: StepRecord, error: BaseException, now: float
     ) -> StepRecord:
-        """``record`` after a compensation attempt cut short by a BaseException."""
-        comp = CompensationRecord("retrying", attempt, ErrorInfo.capture(exc))
+        """``record`` with its compensation given up on without another attempt."""
+        attempts = record.compensation.attempts if record.compensation else 0
+        comp = CompensationRecord(
+            "failed", attempts, ErrorInfo.capture(error), finished_at=now
+        )
         return replace(record, compensation=comp)
 
     def compensation_errors(self) -> list[tuple[str, ErrorInfo]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import LeaseLost
-from .records import TERMINAL, Execution
+from .records import EXPIRING, TERMINAL, Execution
 from .store import Claim, JournalWrite, Lease, execution_from_fields
 
 __all__ = ["MemoryStore"]
@@ -119,9 +119,15 @@ class MemoryStore:
             elif write.lease_ttl is not None:
                 self._leases[key].expires_at = now + write.lease_ttl
                 fields["open"] = b"0"
-            if fields["status"].decode() in TERMINAL:
+            if fields["status"].decode() in EXPIRING:
                 self._expires[key] = now + self.retention
             return fields["cancel"] == b"1"
+
+    def release(self, key: str, lease: Lease) -> None:
+        with self._mutex:
+            held = self._leases.get(key)
+            if held is not None and held.token == lease.token:
+                del self._leases[key]
 
     def renew(self, key: str, lease: Lease, at: float) -> bool:
         now = self._clock.time()

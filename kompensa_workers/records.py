@@ -17,6 +17,7 @@ from .errors import (
 from .failures import ErrorInfo
 
 __all__ = [
+    "EXPIRING",
     "TERMINAL",
     "CompensationRecord",
     "Execution",
@@ -38,11 +39,12 @@ ExecutionStatus = Literal[
 TERMINAL: frozenset[str] = frozenset(
     {"succeeded", "compensated", "compensation_failed", "cancelled"}
 )
+# compensation_failed waits for a person: it never expires.
+EXPIRING: frozenset[str] = TERMINAL - {"compensation_failed"}
 STATUSES: frozenset[str] = TERMINAL | {"running", "waiting", "compensating"}
 
-# retrying: an attempt failed, the next is due at retry_at.
-# interrupted: an attempt died with its process (or a BaseException); runs again.
-StepStatus = Literal["retrying", "interrupted", "succeeded", "failed"]
+# retrying: an attempt failed, the next is due at retry_at (or has no attempt yet).
+StepStatus = Literal["retrying", "succeeded", "failed"]
 CompensationStatus = Literal["retrying", "compensated", "failed"]
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .engine import ExecutionRun
+from .parallel import run_parallel
 from .retry import Retry
 from .step import Step
 
@@ -58,7 +59,7 @@ class Saga:
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"a group name must be a non-empty str, got {name!r}")
-        return self._run.parallel(name, steps, fail_fast)
+        return run_parallel(self._run, name, steps, fail_fast)
 
     def __repr__(self) -> str:
         return f"<Saga {self.key!r}>"

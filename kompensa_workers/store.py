@@ -118,6 +118,11 @@ class Store(Protocol):
         """Apply ``write`` if ``lease`` is still held; returns the cancel flag."""
         ...
 
+    def release(self, key: str, lease: Lease) -> None:
+        """Free the lease without a hand-off: the delivery died (the next claim
+        counts it as a lost attempt). A lease no longer held is left alone."""
+        ...
+
     def renew(self, key: str, lease: Lease, at: float) -> bool:
         """Extend the lease by its TTL; returns the cancel flag. Raises LeaseLost."""
         ...

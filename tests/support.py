@@ -65,6 +65,10 @@ class CrashingStore:
             raise Crash()
         return self.store.commit(key, lease, write)
 
+    def release(self, key: str, lease: Lease) -> None:
+        self._alive()
+        self.store.release(key, lease)
+
     def renew(self, key: str, lease: Lease, at: float) -> bool:
         self._alive()
         return self.store.renew(key, lease, at)

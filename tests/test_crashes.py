@@ -56,7 +56,7 @@ class Recorder(CrashingStore):
         self.ledger = ledger
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
-        fatal = self.commits + 1 == self.crash_at
+        fatal = not self.dead and self.commits + 1 == self.crash_at
         try:
             return super().commit(key, lease, write)
         finally:
