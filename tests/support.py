@@ -46,6 +46,7 @@ class CrashingStore:
         self.commits = 0
         self.dead = False
         self.lock_ttl = store.lock_ttl
+        self.mutex = threading.RLock()  # children of a parallel group commit at once
 
     def _alive(self) -> None:
         if self.dead:
@@ -56,14 +57,15 @@ class CrashingStore:
         return self.store.claim(key, **kwargs)
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
-        self._alive()
-        self.commits += 1
-        if self.commits == self.crash_at:
-            self.dead = True
-            if self.landed:
-                self.store.commit(key, lease, write)
-            raise Crash()
-        return self.store.commit(key, lease, write)
+        with self.mutex:
+            self._alive()
+            self.commits += 1
+            if self.commits == self.crash_at:
+                self.dead = True
+                if self.landed:
+                    self.store.commit(key, lease, write)
+                raise Crash()
+            return self.store.commit(key, lease, write)
 
     def release(self, key: str, lease: Lease) -> None:
         self._alive()

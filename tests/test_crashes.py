@@ -56,12 +56,13 @@ class Recorder(CrashingStore):
         self.ledger = ledger
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
-        fatal = not self.dead and self.commits + 1 == self.crash_at
-        try:
-            return super().commit(key, lease, write)
-        finally:
-            if not self.dead or (fatal and self.landed):
-                self._note(write)
+        with self.mutex:
+            fatal = not self.dead and self.commits + 1 == self.crash_at
+            try:
+                return super().commit(key, lease, write)
+            finally:
+                if not self.dead or (fatal and self.landed):
+                    self._note(write)
 
     def _note(self, write: JournalWrite) -> None:
         for field, data in write.steps.items():

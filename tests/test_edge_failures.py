@@ -1,5 +1,6 @@
-"""Failure modes found in review: store errors, odd exceptions, poison in rollback,
-interrupts inside parallel groups, unencodable error text, retention."""
+"""Edge failures: store errors mid-commit, exceptions that resist being rebuilt,
+poison inside a rollback, interrupts inside parallel groups, error text that is not
+valid UTF-8, and retention of executions that need a person."""
 
 from __future__ import annotations
 
