@@ -1,10 +1,14 @@
 """kompensa-workers: sagas that survive what real queues do.
 
 Importing this package imports no broker library; the adapters live in
-``kompensa_workers.celery``, ``.dramatiq`` and ``.rq``.
+``kompensa_workers.celery``, ``.dramatiq`` and ``.rq``. ``RedisStore`` and
+``Redlock`` load redis-py on first use (redis-py itself loads OpenTelemetry when it
+is installed), so in-process use pays for neither.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 # The saga API
 from .context import StepContext, current_step
@@ -43,10 +47,27 @@ from .errors import (
     StepFailed,
     StepTimeout,
     StoredError,
+    StoreUnavailable,
     TransientError,
 )
 
+if TYPE_CHECKING:
+    from .redisstore import RedisStore
+    from .redisstore.redlock import Redlock
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        from .redisstore import RedisStore
+
+        return RedisStore
+    if name == "Redlock":
+        from .redisstore.redlock import Redlock
+
+        return Redlock
+    raise AttributeError(f"module 'kompensa_workers' has no attribute {name!r}")
 
 __all__ = [
     # The saga API
@@ -70,6 +91,8 @@ __all__ = [
     "CompensationRecord",
     "Execution",
     "MemoryStore",
+    "RedisStore",
+    "Redlock",
     "SagaFailure",
     "StepRecord",
     "Store",
@@ -94,6 +117,7 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "StepTimeout",
+    "StoreUnavailable",
     "StoredError",
     "TransientError",
 ]

@@ -249,7 +249,8 @@ class ExecutionRun:
             duration = time.monotonic() - started
             try:
                 record, value = self.journal.succeeded(
-                    base, attempt, value, started_at=started_at, now=self.clock.time()
+                    base, attempt, value, started_at=started_at, now=self.clock.time(),
+                    max_bytes=self.store.max_value_bytes,
                 )
             except SerializationError as exc:
                 record, _ = self.journal.failed(

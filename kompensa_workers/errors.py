@@ -18,6 +18,7 @@ The tree::
      ├── SagaBusy                another worker holds the execution's lease
      ├── LeaseLost               a journal write was refused: a newer holder exists
      ├── SerializationError      a value cannot be encoded (or a record decoded)
+     ├── StoreUnavailable        the journal could not be reached in time
      └── StoredError             a journaled error whose type is not importable here
 
 Control-flow signals the engine uses internally derive from ``BaseException``
@@ -44,6 +45,7 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "StepTimeout",
+    "StoreUnavailable",
     "StoredError",
     "TransientError",
 ]
@@ -230,6 +232,22 @@ class SerializationError(KompensaError, TypeError):
         super().__init__(where + message)
         self.step = step
         self.type_name = type_name
+
+
+class StoreUnavailable(KompensaError):
+    """The journal (or a lock quorum) could not be reached in time.
+
+    Nothing was decided: the execution stays as the journal has it and resumes on
+    a later delivery.
+    """
+
+    def __init__(
+        self, key: str, waited: float, cause: BaseException, *, detail: str = ""
+    ) -> None:
+        reason = detail or f"no answer within {waited:g}s: {describe(cause)}"
+        super().__init__(f"journal of {key!r} unreachable: {reason}")
+        self.key = key
+        self.waited = waited
 
 
 class StoredError(KompensaError):

@@ -20,6 +20,8 @@ from .errors import SerializationError, StoredError
 __all__ = ["ErrorInfo"]
 
 _EXCEPTION_MARK = "__exception__"
+_MAX_MESSAGE = 8 * 1024
+_MAX_TRACEBACK = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class ErrorInfo:
         text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
         return cls(
             type_name=f"{kind.__module__}.{kind.__qualname__}",
-            message=_clean(message),
+            message=_clean(message)[:_MAX_MESSAGE],
             args=portable_args if _encodable(portable_args) else None,
             attributes={k: v for k, v in attributes.items() if _encodable(v)},
-            traceback=_clean(text),
+            traceback=_clean(text)[-_MAX_TRACEBACK:],  # the innermost frames matter most
         )
 
     def restore(self) -> BaseException:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .codec import decode
-from .errors import DuplicateStepName, NonDeterminismError, StepFailed
+from .errors import DuplicateStepName, NonDeterminismError, SerializationError, StepFailed
 from .failures import ErrorInfo
 from .records import CompensationRecord, Execution, StepRecord
 from .retry import Retry
@@ -172,6 +172,7 @@ class Journal:
         *,
         started_at: float,
         now: float,
+        max_bytes: int,
     ) -> tuple[StepRecord, Any]:
         """The record of a successful attempt, and the result as replay will see it."""
         with self._mutex:
@@ -188,6 +189,12 @@ class Journal:
                 completed_seq=self._seq,
             )
         encoded = record.to_bytes()  # raises SerializationError naming the step
+        if len(encoded) > max_bytes:
+            raise SerializationError(
+                f"the result takes {len(encoded)} bytes, over the store's "
+                f"max_value_bytes of {max_bytes}; journal a reference instead",
+                step=base.name, type_name=type(result).__name__,
+            )
         # Later deliveries replay the decoded value: this one must see the same.
         record = replace(record, result=decode(encoded)["result"])
         return record, record.result

@@ -19,6 +19,7 @@ __all__ = ["MemoryStore"]
 
 DEFAULT_LOCK_TTL = 30.0
 DEFAULT_RETENTION = 7 * 86400.0
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
 
 
 @dataclass
@@ -37,11 +38,13 @@ class MemoryStore:
         lock_ttl: float = DEFAULT_LOCK_TTL,
         retention: float = DEFAULT_RETENTION,
         clock: Clock | None = None,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         if lock_ttl <= 0:
             raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
         self.lock_ttl = lock_ttl
         self.retention = retention
+        self.max_value_bytes = max_value_bytes
         self._clock = clock or SYSTEM_CLOCK
         self._journals: dict[str, dict[str, bytes]] = {}
         self._expires: dict[str, float] = {}

@@ -100,6 +100,7 @@ class Store(Protocol):
     """A journal backend. Implemented by MemoryStore and RedisStore."""
 
     lock_ttl: float
+    max_value_bytes: int
 
     def claim(
         self,

@@ -46,6 +46,7 @@ class CrashingStore:
         self.commits = 0
         self.dead = False
         self.lock_ttl = store.lock_ttl
+        self.max_value_bytes = store.max_value_bytes
         self.mutex = threading.RLock()  # children of a parallel group commit at once
 
     def _alive(self) -> None:

@@ -1,0 +1,58 @@
+-- claim: one round trip that starts or resumes a delivery.
+-- Acquires the lease (or takes it over with the token the delayed delivery
+-- presents), increments the fencing token and the delivery count, counts the
+-- previous grant as lost if it never handed off, checks the arguments'
+-- fingerprint, and returns the whole journal.
+--
+-- KEYS[1] - the execution's journal hash
+-- KEYS[2] - the recovery index (zset: execution key -> lease deadline, ms)
+-- ARGV[1] - execution key (its member in the index)
+-- ARGV[2] - saga name
+-- ARGV[3] - fingerprint of the arguments
+-- ARGV[4] - lease token presented by a delayed delivery ('' if none)
+-- ARGV[5] - the new lease token (a retried claim sends the same one)
+-- ARGV[6] - lease ttl, ms
+-- ARGV[7] - start time for display (client clock, seconds)
+-- ARGV[8] - '1' when a Redlock quorum already granted the lease, else '0'
+-- returns {state, retry_after_ms, {field, value, ...}}
+--   state 'granted' | 'terminal' | 'conflict' (the whole journal follows)
+--   state 'busy' (retry_after_ms: what is left of the holder's lease)
+
+local journal, index = KEYS[1], KEYS[2]
+local key, saga, fingerprint = ARGV[1], ARGV[2], ARGV[3]
+local presented, new_token, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local terminal = {succeeded = true, compensated = true, compensation_failed = true,
+                  cancelled = true}
+
+if redis.call('EXISTS', journal) == 0 then
+  redis.call('HSET', journal, 'saga', saga, 'fingerprint', fingerprint,
+             'status', 'running', 'created_at', ARGV[7], 'updated_at', ARGV[7],
+             'fence', 0, 'deliveries', 0, 'stalled', 0, 'open', 0, 'cancel', 0)
+end
+local head = redis.call('HMGET', journal, 'fingerprint', 'status', 'lease_token',
+                        'lease_until', 'open')
+if head[1] ~= fingerprint then
+  return {'conflict', 0, redis.call('HGETALL', journal)}
+end
+if terminal[head[2]] then
+  return {'terminal', 0, redis.call('HGETALL', journal)}
+end
+local holder, deadline = head[3] or '', tonumber(head[4] or '0')
+if holder == new_token then  -- our own claim, retried after a lost reply
+  return {'granted', 0, redis.call('HGETALL', journal)}
+end
+if ARGV[8] ~= '1' and holder ~= '' and deadline > now and holder ~= presented then
+  return {'busy', deadline - now}
+end
+if head[5] == '1' then  -- the previous grant died without handing off
+  redis.call('HINCRBY', journal, 'stalled', 1)
+end
+redis.call('HINCRBY', journal, 'fence', 1)
+redis.call('HINCRBY', journal, 'deliveries', 1)
+redis.call('HSET', journal, 'open', 1, 'lease_token', new_token,
+           'lease_until', now + ttl)
+redis.call('PERSIST', journal)
+redis.call('ZADD', index, now + ttl, key)
+return {'granted', 0, redis.call('HGETALL', journal)}

@@ -1,0 +1,204 @@
+"""RedisStore: the store protocol on Redis (redis-py), one Lua call per operation."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from ..errors import LeaseLost, SerializationError, StoreUnavailable
+from ..records import Execution
+from ..store import Claim, JournalWrite, Lease, execution_from_fields
+from .keys import index_key, journal_key, lock_key, validate_namespace
+from .redlock import Redlock
+from .scripts import register
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+# Errors worth waiting out: the server restarts, loads its data, or fails over.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+
+
+class RedisStore:
+    """Journal and lease of every execution in Redis.
+
+    ``client`` must return bytes (``decode_responses=False``, redis-py's default).
+    ``lock_ttl`` is the lease length, ``retention`` how long finished executions
+    are kept (``compensation_failed`` ones are kept until resolved), ``lock`` a
+    :class:`Redlock` over independent masters (default: the lease lives in the
+    journal hash, on ``client``). A write that meets a connection error is retried
+    for up to ``write_timeout`` seconds (default half the lease) before
+    :class:`StoreUnavailable` ends the delivery; the execution then resumes later.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = "kompensa",
+        lock_ttl: float = 30.0,
+        retention: float = 7 * 86400.0,
+        lock: Redlock | None = None,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        write_timeout: float | None = None,
+    ) -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError(
+                "RedisStore needs a client with decode_responses=False: journal "
+                "values are binary msgpack"
+            )
+        if lock_ttl <= 0:
+            raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
+        if retention <= 0:
+            raise ValueError(f"retention must be > 0 seconds, got {retention!r}")
+        if max_value_bytes < 1:
+            raise ValueError(f"max_value_bytes must be >= 1, got {max_value_bytes!r}")
+        self.client = client
+        self.namespace = validate_namespace(namespace)
+        self.lock_ttl = float(lock_ttl)
+        self.retention = float(retention)
+        self.lock = lock
+        self.max_value_bytes = max_value_bytes
+        self.write_timeout = lock_ttl / 2 if write_timeout is None else write_timeout
+        self._scripts = register(client)
+        self._index = index_key(self.namespace)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``."""
+        return cls(redis.Redis.from_url(url), **options)
+
+    # -- the store protocol ------------------------------------------------------
+
+    def claim(
+        self,
+        key: str,
+        *,
+        saga: str,
+        fingerprint: str,
+        lease_token: str | None,
+        lock_ttl: float,
+        at: float,
+    ) -> Claim:
+        token = secrets.token_hex(16)
+        ttl, forced = lock_ttl, "0"
+        if self.lock is not None:
+            grant = self.lock.acquire(
+                lock_key(self.namespace, key), token, lock_ttl, presented=lease_token
+            )
+            if grant is None:
+                return Claim("busy", retry_after=lock_ttl / 3)
+            ttl, forced = grant.validity, "1"
+        reply = self._script(
+            "claim", key,
+            [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced],
+        )
+        state = reply[0].decode()
+        if state == "busy":
+            return Claim("busy", retry_after=int(reply[1]) / 1000)
+        execution = execution_from_fields(key, _fields(reply[2]))
+        if state != "granted":
+            if self.lock is not None:
+                self.lock.release(lock_key(self.namespace, key), token)
+            return Claim(state, execution)
+        return Claim("granted", execution, Lease(token, execution.fence, lock_ttl))
+
+    def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
+        pairs: list[str | bytes] = []
+        for field, value in (
+            *write.steps.items(), ("result", write.result), ("error", write.failure)
+        ):
+            if value is not None:
+                pairs += [field, value]
+        reply = self._script("commit", key, [
+            key, lease.token, lease.fence, secrets.token_hex(8), write.status or "",
+            repr(write.at), "" if write.lease_ttl is None else _ms(write.lease_ttl),
+            "1" if write.release else "0", _ms(self.retention), *pairs,
+        ])
+        if reply[0] == 0:
+            raise LeaseLost(key, reply[1].decode())
+        if self.lock is not None:
+            resource = lock_key(self.namespace, key)
+            if write.release:
+                self.lock.release(resource, lease.token)
+            elif write.lease_ttl is not None:
+                self.lock.extend(resource, lease.token, write.lease_ttl)
+        return bool(reply[1] == b"1")
+
+    def renew(self, key: str, lease: Lease, at: float) -> bool:
+        if self.lock is not None and not self.lock.extend(
+            lock_key(self.namespace, key), lease.token, lease.ttl
+        ):
+            raise LeaseLost(key, "the lock quorum was lost")
+        reply = self._script("renew", key, [key, lease.token, lease.fence, _ms(lease.ttl)])
+        if reply[0] == 0:
+            raise LeaseLost(key, reply[1].decode())
+        return bool(reply[1] == b"1")
+
+    def release(self, key: str, lease: Lease) -> None:
+        self._script("release", key, [key, lease.token])
+        if self.lock is not None:
+            self.lock.release(lock_key(self.namespace, key), lease.token)
+
+    def get(self, key: str) -> Execution | None:
+        fields = self._retrying(
+            lambda: self.client.hgetall(journal_key(self.namespace, key)), key
+        )
+        return execution_from_fields(key, _fields(fields)) if fields else None
+
+    def cancel(self, key: str) -> bool:
+        return bool(self._script("cancel", key, [], index=False))
+
+    # -- recovery ----------------------------------------------------------------
+
+    def due(self, limit: int = 100) -> list[str]:
+        """Non-terminal executions whose lease deadline has passed, oldest first."""
+        keys = self._retrying(
+            lambda: self._scripts["due"](keys=[self._index], args=[limit]), "index"
+        )
+        return [k.decode() for k in keys]
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _script(
+        self, name: str, key: str, args: Sequence[Any], *, index: bool = True
+    ) -> Any:
+        keys = [journal_key(self.namespace, key)]
+        if index:
+            keys.append(self._index)
+        return self._retrying(lambda: self._scripts[name](keys=keys, args=list(args)), key)
+
+    def _retrying(self, call: Callable[[], T], key: str) -> T:
+        """``call()``, retried through connection errors for ``write_timeout`` s."""
+        deadline = time.monotonic() + self.write_timeout
+        pause = 0.05
+        while True:
+            try:
+                return call()
+            except _TRANSIENT as exc:
+                if time.monotonic() + pause > deadline:
+                    raise StoreUnavailable(key, self.write_timeout, exc) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            except redis.ResponseError as exc:
+                raise SerializationError(
+                    f"journal record of {key!r} is corrupt or not ours ({exc}); "
+                    "refusing to start it afresh"
+                ) from exc
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _fields(flat: Any) -> dict[str, bytes]:
+    """A field map from HGETALL's reply (a flat list from Lua, a dict from redis-py)."""
+    if isinstance(flat, dict):
+        return {k.decode(): v for k, v in flat.items()}
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
