@@ -1,0 +1,65 @@
+"""A happy-path N-step saga costs N + 2 Redis round trips: counted on a private
+redis-server with MONITOR, which shows every command a client sends (commands a
+Lua script runs inside the server are marked as such and not counted)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from kompensa_workers import RedisStore, Saga, SagaRunner
+
+from .servers import redis_servers
+
+
+def client_commands(server: Any, action: Any) -> list[str]:
+    """The commands clients sent while ``action`` ran (the store's client is already
+    connected, so no connection handshake is counted)."""
+    server_client, marker = server.client(), server.client()
+    marker.ping()  # connect now: its handshake is not part of the count
+    seen: list[str] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        with server_client.monitor() as monitor:
+            ready.set()
+            for entry in monitor.listen():
+                command = entry["command"]
+                if command == "ECHO kompensa-monitor-end":
+                    break
+                if entry.get("client_type") != "lua":
+                    seen.append(command.split(" ", 1)[0].upper())
+        done.set()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(5)
+    action()
+    marker.echo("kompensa-monitor-end")
+    done.wait(10)
+    return seen
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_n_step_saga_costs_n_plus_two_round_trips(steps: int) -> None:
+    with redis_servers(1) as [server]:
+        store = RedisStore(server.client(), namespace="rt")
+        runner = SagaRunner(store)
+
+        def saga(s: Saga, n: int) -> int:
+            for index in range(n):
+                s.step(f"step-{index}", lambda i=index: {"i": i})
+            return n
+
+        runner.run(saga, steps, idempotency_key="warm-up")  # loads the scripts once
+        commands = client_commands(
+            server, lambda: runner.run(saga, steps, idempotency_key="counted")
+        )
+        assert commands == ["EVALSHA"] * (steps + 2)
+        # A duplicate delivery answered from the journal costs one round trip.
+        cached = client_commands(
+            server, lambda: runner.run(saga, steps, idempotency_key="counted")
+        )
+        assert cached == ["EVALSHA"]

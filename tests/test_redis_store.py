@@ -1,0 +1,144 @@
+"""RedisStore specifics on fakeredis (Lua through lupa): key names, corrupt records,
+connection errors, idempotent retries, the recovery index."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import fakeredis
+import msgpack
+import pytest
+
+from kompensa_workers import (
+    RedisStore,
+    SagaRunner,
+    SerializationError,
+    StoreUnavailable,
+    deliver,
+)
+from kompensa_workers.redisstore.keys import journal_key
+from kompensa_workers.store import JournalWrite
+
+
+def fake() -> tuple[fakeredis.FakeServer, fakeredis.FakeStrictRedis]:
+    server = fakeredis.FakeServer()
+    return server, fakeredis.FakeStrictRedis(server=server)
+
+
+def claim(store: RedisStore, key: str, token: str | None = None) -> Any:
+    return store.claim(key, saga="s", fingerprint="fp", lease_token=token,
+                       lock_ttl=store.lock_ttl, at=time.time())
+
+
+def test_keys_that_collide_when_naively_joined_stay_distinct() -> None:
+    _, client = fake()
+    left = RedisStore(client, namespace="a:b")
+    right = RedisStore(client, namespace="a")
+    assert journal_key("a:b", "c") != journal_key("a", "b:c")
+    assert SagaRunner(left).run(lambda s: s.step("x", lambda: "left"), idempotency_key="c") == "left"
+    assert SagaRunner(right).run(lambda s: s.step("x", lambda: "right"),
+                                 idempotency_key="b:c") == "right"
+    # Braces in keys cannot break out of the hash tag or alias another key.
+    assert journal_key("n", "x{y}") != journal_key("n", "x%7By%7D")
+    assert journal_key("n", "x{y}").count("{") == 1
+    with pytest.raises(ValueError, match="braces"):
+        RedisStore(client, namespace="bad{ns}")
+
+
+def test_a_decoding_client_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStore(fakeredis.FakeStrictRedis(decode_responses=True))
+
+
+def test_journal_values_are_msgpack_never_pickle() -> None:
+    _, client = fake()
+    store = RedisStore(client, namespace="ns")
+    SagaRunner(store).run(lambda s: s.step("x", lambda: {"a": 1}), idempotency_key="k")
+    raw = client.hget(journal_key("ns", "k"), "step:x")
+    assert raw is not None and not raw.startswith(b"\x80")  # no pickle protocol header
+    assert msgpack.unpackb(raw, strict_map_key=False)["result"] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("status", b"exploded"), ("step:x", b"\xc1not msgpack"), ("fence", b"NaN")],
+)
+def test_corrupt_records_are_reported_never_started_afresh(field: str, value: bytes) -> None:
+    _, client = fake()
+    store = RedisStore(client, namespace="ns")
+    SagaRunner(store).run(lambda s: s.step("x", lambda: 1), idempotency_key="k")
+    client.hset(journal_key("ns", "k"), field, value)
+    with pytest.raises(SerializationError, match="'k'.*(corrupt|refusing)"):
+        store.get("k")
+    with pytest.raises(SerializationError):
+        deliver(lambda s: s.step("x", lambda: 2), key="k", store=store)
+    assert client.hget(journal_key("ns", "k"), field) == value  # left as found
+
+
+def test_a_key_of_the_wrong_type_is_reported() -> None:
+    _, client = fake()
+    client.set(journal_key("ns", "k"), b"someone else's")
+    with pytest.raises(SerializationError, match="corrupt or not ours"):
+        claim(RedisStore(client, namespace="ns"), "k")
+
+
+def test_connection_errors_are_retried_until_the_server_is_back() -> None:
+    server, client = fake()
+    store = RedisStore(client, namespace="ns", write_timeout=5.0)
+    granted = claim(store, "k")
+    server.connected = False
+    threading.Timer(0.3, lambda: setattr(server, "connected", True)).start()
+    started = time.monotonic()
+    store.commit("k", granted.lease, JournalWrite.build(time.time(), status="waiting"))
+    assert time.monotonic() - started >= 0.25
+    assert store.get("k").status == "waiting"  # type: ignore[union-attr]
+
+
+def test_a_server_that_stays_away_ends_the_delivery_and_it_resumes_later() -> None:
+    server, client = fake()
+    store = RedisStore(client, namespace="ns", lock_ttl=1.0, write_timeout=0.3)
+    runs: list[str] = []
+
+    def saga(s: Any) -> str:
+        s.step("a", lambda: runs.append("a"))
+        if len(runs) == 1:
+            server.connected = False  # Redis goes away after the first step
+        s.step("b", lambda: runs.append("b"))
+        return "done"
+
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        deliver(saga, key="k", store=store)
+    server.connected = True
+    time.sleep(1.05)  # the dead delivery's lease runs out
+    assert SagaRunner(store).run(saga, idempotency_key="k") == "done"
+    assert runs == ["a", "b", "b"]  # 'a' journaled before the outage never re-ran
+
+
+def test_a_retried_write_that_had_landed_is_acknowledged_not_refused() -> None:
+    _, client = fake()
+    store = RedisStore(client, namespace="ns")
+    granted = claim(store, "k")
+    lease = granted.lease
+    args = [  # a finishing write, as commit() sends it
+        "k", lease.token, lease.fence, "write-1", "succeeded", "1.0", "", "1",
+        10_000, "result", b"\xc0",
+    ]
+    assert store._script("commit", "k", args)[0] == 1
+    # The reply was lost; the client sends the same write again after the lease
+    # was already released by the first one.
+    assert store._script("commit", "k", args)[0] == 1
+    assert store.get("k").status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not() -> None:
+    _, client = fake()
+    store = RedisStore(client, namespace="ns", lock_ttl=0.2)
+    claim(store, "crashed")
+    finished = claim(store, "finished")
+    store.commit("finished", finished.lease,
+                 JournalWrite.build(time.time(), status="succeeded", release=True))
+    assert store.due() == []
+    time.sleep(0.25)
+    assert store.due() == ["crashed"]

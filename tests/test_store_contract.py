@@ -1,0 +1,193 @@
+"""One contract, every store: MemoryStore, RedisStore on fakeredis (Lua via lupa)
+and RedisStore on a real Redis. Leases run on real time here, with short TTLs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kompensa_workers import (
+    LeaseLost,
+    PermanentError,
+    Retry,
+    SagaFailed,
+    SagaRunner,
+    SerializationError,
+    TransientError,
+)
+from kompensa_workers.records import StepRecord
+from kompensa_workers.store import Claim, JournalWrite, Lease
+
+from .stores import STORE_KINDS, make_store
+
+TTL = 0.3
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest) -> Iterator[Any]:
+    yield from make_store(request.param, lock_ttl=TTL)
+
+
+def claim(store: Any, key: str = "k", token: str | None = None, fp: str = "fp") -> Claim:
+    return store.claim(key, saga="s", fingerprint=fp, lease_token=token,  # type: ignore[no-any-return]
+                       lock_ttl=TTL, at=time.time())
+
+
+def step(name: str, result: Any = 1) -> StepRecord:
+    return StepRecord(name=name, position=0, status="succeeded", attempts=1, result=result,
+                      completed_seq=1)
+
+
+def write(*records: StepRecord, **options: Any) -> JournalWrite:
+    return JournalWrite.build(time.time(), *records, **options)
+
+
+def test_first_claim_creates_the_execution_and_grants_the_lease(store: Any) -> None:
+    granted = claim(store)
+    assert granted.state == "granted" and granted.lease is not None
+    execution = granted.execution
+    assert execution is not None
+    assert (execution.status, execution.fence, execution.deliveries) == ("running", 1, 1)
+    assert (execution.saga, execution.fingerprint) == ("s", "fp")
+    assert granted.lease.fence == 1
+
+
+def test_a_held_lease_makes_others_busy_until_it_expires(store: Any) -> None:
+    first = claim(store)
+    busy = claim(store)
+    assert busy.state == "busy" and 0 < busy.retry_after <= TTL
+    time.sleep(TTL + 0.05)
+    second = claim(store)
+    assert second.state == "granted" and second.lease is not None
+    assert second.lease.fence == 2
+    # The first holder never handed off: its grant counts as a lost attempt.
+    assert second.execution is not None and second.execution.stalled_deliveries == 1
+    with pytest.raises(LeaseLost):
+        store.commit("k", first.lease, write(step("a")))
+
+
+def test_the_presented_token_takes_a_stretched_lease_over(store: Any) -> None:
+    first = claim(store)
+    store.commit("k", first.lease, write(status="waiting", lease_ttl=5.0))
+    assert claim(store).state == "busy"  # a duplicate without the token
+    handed = claim(store, token=first.lease.token)
+    assert handed.state == "granted" and handed.lease.fence == 2
+    assert handed.execution.stalled_deliveries == 0  # a hand-off is not a crash
+    with pytest.raises(LeaseLost, match="took the lease over"):
+        store.commit("k", first.lease, write(step("stale")))
+    assert store.get("k").step("stale") is None
+
+
+def test_commits_are_fenced_and_report_cancellation(store: Any) -> None:
+    granted = claim(store)
+    assert store.commit("k", granted.lease, write(step("a", {"id": 7}))) is False
+    assert store.cancel("k") is True
+    assert store.commit("k", granted.lease, write(step("b"))) is True
+    forged = Lease(granted.lease.token, granted.lease.fence + 1, TTL)
+    with pytest.raises(LeaseLost):
+        store.commit("k", forged, write(step("c")))
+    execution = store.get("k")
+    assert execution.step("a").result == {"id": 7}
+    assert execution.step("c") is None and execution.cancel_requested
+
+
+def test_finish_releases_and_later_claims_find_it_terminal(store: Any) -> None:
+    granted = claim(store)
+    store.commit("k", granted.lease, write(step("a"), status="succeeded",
+                                          result=b"\x91\x01", release=True))
+    terminal = claim(store)
+    assert terminal.state == "terminal" and terminal.lease is None
+    assert terminal.execution.result == [1]
+    assert store.cancel("k") is False
+
+
+def test_release_frees_the_lease_and_counts_the_grant_as_lost(store: Any) -> None:
+    granted = claim(store)
+    store.release("k", granted.lease)
+    again = claim(store)
+    assert again.state == "granted"
+    assert again.execution.stalled_deliveries == 1
+    store.release("k", granted.lease)  # a stale release is ignored
+    assert claim(store).state == "busy"
+
+
+def test_renew_extends_and_never_shortens(store: Any) -> None:
+    granted = claim(store)
+    for _ in range(3):
+        time.sleep(TTL / 2)
+        assert store.renew("k", granted.lease, time.time()) is False
+    assert claim(store).state == "busy"  # 0.45 s after a 0.3 s grant: still held
+    store.commit("k", granted.lease, write(status="waiting", lease_ttl=5.0))
+    store.renew("k", granted.lease, time.time())
+    time.sleep(TTL + 0.05)
+    assert claim(store).state == "busy"  # the stretch survived the renewal
+
+
+def test_renew_after_loss_raises(store: Any) -> None:
+    granted = claim(store)
+    time.sleep(TTL + 0.05)
+    claim(store)
+    with pytest.raises(LeaseLost):
+        store.renew("k", granted.lease, time.time())
+
+
+def test_same_key_other_arguments_is_a_conflict(store: Any) -> None:
+    claim(store)
+    conflict = claim(store, fp="other")
+    assert conflict.state == "conflict" and conflict.execution.fingerprint == "fp"
+
+
+def test_get_and_cancel_of_unknown_keys(store: Any) -> None:
+    assert store.get("nobody") is None
+    assert store.cancel("nobody") is False
+
+
+def test_terminal_records_expire_except_those_that_need_a_person(store: Any) -> None:
+    store.retention = 0.2
+    for key, status in (("done", "succeeded"), ("stuck", "compensation_failed")):
+        granted = claim(store, key)
+        store.commit(key, granted.lease, write(status=status, release=True))
+    time.sleep(0.4)
+    assert store.get("done") is None
+    assert store.get("stuck") is not None
+
+
+def test_sagas_run_end_to_end(store: Any) -> None:
+    calls = {"n": 0}
+    undone: list[str] = []
+
+    def flaky() -> dict[str, int]:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise TransientError("later")
+        return {"n": calls["n"]}
+
+    def saga(s: Any, order: str) -> Any:
+        s.step("reserve", lambda: order, compensate=lambda r: undone.append(r))
+        return s.step("charge", flaky, retry=Retry(attempts=3, initial=0.01))
+
+    runner = SagaRunner(store)
+    assert runner.run(saga, "o1", idempotency_key="ok") == {"n": 3}
+    assert runner.run(saga, "o1", idempotency_key="ok") == {"n": 3}
+
+    def failing(s: Any) -> None:
+        s.step("reserve", lambda: "o2", compensate=lambda r: undone.append(r))
+        s.step("charge", lambda: (_ for _ in ()).throw(PermanentError("declined")))
+
+    for _ in range(2):
+        with pytest.raises(SagaFailed) as failed:
+            runner.run(failing, idempotency_key="ko")
+        assert isinstance(failed.value.cause, PermanentError)
+    assert undone == ["o2"]
+
+
+def test_oversized_results_fail_the_step_with_a_clear_error(store: Any) -> None:
+    store.max_value_bytes = 1024
+    with pytest.raises(SagaFailed) as failed:
+        SagaRunner(store).run(lambda s: s.step("blob", lambda: b"x" * 4096))
+    cause = failed.value.cause
+    assert isinstance(cause, SerializationError) and cause.step == "blob"
+    assert "max_value_bytes" in str(cause)
