@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ def redis_reachable() -> bool:
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except (redis.RedisError, socket.error):
+    except (OSError, redis.RedisError):
         return False
     return True
 

@@ -37,7 +37,8 @@ def test_keys_that_collide_when_naively_joined_stay_distinct() -> None:
     left = RedisStore(client, namespace="a:b")
     right = RedisStore(client, namespace="a")
     assert journal_key("a:b", "c") != journal_key("a", "b:c")
-    assert SagaRunner(left).run(lambda s: s.step("x", lambda: "left"), idempotency_key="c") == "left"
+    assert SagaRunner(left).run(lambda s: s.step("x", lambda: "left"),
+                                idempotency_key="c") == "left"
     assert SagaRunner(right).run(lambda s: s.step("x", lambda: "right"),
                                  idempotency_key="b:c") == "right"
     # Braces in keys cannot break out of the hash tag or alias another key.
