@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
 
 from ..errors import LeaseLost, SerializationError, StoreUnavailable
 from ..records import Execution
@@ -35,6 +37,8 @@ class RedisStore:
     journal hash, on ``client``). A write that meets a connection error is retried
     for up to ``write_timeout`` seconds (default half the lease) before
     :class:`StoreUnavailable` ends the delivery; the execution then resumes later.
+    The client's own retries and socket timeouts add to that bound (``from_url``
+    turns the former off).
     """
 
     def __init__(
@@ -70,9 +74,17 @@ class RedisStore:
         self._index = index_key(self.namespace)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``."""
-        return cls(redis.Redis.from_url(url), **options)
+    def from_url(cls, url: str, *, socket_timeout: float = 5.0, **options: Any) -> RedisStore:
+        """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``.
+
+        The client does no retrying of its own: the store's ``write_timeout`` is
+        then the one bound on how long a write waits for Redis to come back.
+        """
+        client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            retry=RedisRetry(NoBackoff(), 0),
+        )
+        return cls(client, **options)
 
     # -- the store protocol ------------------------------------------------------
 
