@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from .servers import redis_servers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,8 +27,15 @@ def section(output: str, title: str) -> str:
     return output[start:] if end < 0 else output[start:end]
 
 
-def test_demo_shows_every_promise() -> None:
-    output = run("-m", "kompensa_workers", "demo")
+@pytest.mark.parametrize("journal", ["embedded", "redis"])
+def test_demo_shows_every_promise(journal: str) -> None:
+    if journal == "redis":
+        with redis_servers(1) as [server]:
+            output = run("-m", "kompensa_workers", "demo", "--redis-url", server.url)
+        assert f"Journal: Redis at {server.url}" in output
+    else:
+        output = run("-m", "kompensa_workers", "demo")
+        assert "Journal: the embedded in-process store" in output
     flaky = section(output, "order 1001: the card network fails twice")
     # The flaky charge is retried, and each wait ends the delivery (slot free).
     assert flaky.count("delivery ends: retry scheduled, worker slot free") == 2

@@ -1,6 +1,7 @@
 """``make demo``: checkout sagas with injected faults, printed as timelines.
 
-Runs in-process on the embedded MemoryStore (no services needed). Each order shows
+Runs in-process on the embedded MemoryStore (no services needed), or with
+``--redis-url`` (or ``KOMPENSA_REDIS_URL``) on a real Redis. Each order shows
 one promise: a flaky charge retried (the wait is where a broker would hold the
 message), a declined card rolled back in reverse order, a worker killed mid-saga
 and resumed by another without repeating finished steps, and a repeated
@@ -10,8 +11,10 @@ idempotency key answered from the journal.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -140,6 +143,9 @@ class _KillOnWrite:
             raise _WorkerKilled()
         return self._store.commit(key, lease, write)
 
+    def release(self, key: str, lease: Lease) -> None:
+        raise _WorkerKilled()  # a killed process frees nothing: the lease runs out
+
 
 @contextmanager
 def _section(title: str) -> Iterator[None]:
@@ -147,10 +153,26 @@ def _section(title: str) -> Iterator[None]:
     yield
 
 
+def _store(redis_url: str | None) -> tuple[Store, str]:
+    if not redis_url:
+        return MemoryStore(lock_ttl=0.5), "the embedded in-process store"
+    from . import RedisStore
+
+    # A namespace of its own per run, so a second run starts from nothing.
+    namespace = f"kompensa-demo-{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(redis_url, namespace=namespace, lock_ttl=0.5, retention=3600)
+    return store, f"Redis at {redis_url} (namespace {namespace}, kept for an hour)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kompensa-workers demo", description=__doc__)
-    parser.parse_args(argv)
-    store = MemoryStore(lock_ttl=0.5)
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("KOMPENSA_REDIS_URL"),
+        help="journal in this Redis instead of in-process (env: KOMPENSA_REDIS_URL)",
+    )
+    args = parser.parse_args(argv)
+    store, where = _store(args.redis_url)
+    print(f"Journal: {where}")
     shop.charge_failures["1001"] = 2
     shown: list[tuple[str, str, str]] = [
         ("order 1001: the card network fails twice", "1001", "visa"),

@@ -1,21 +1,18 @@
-"""The lease heartbeat, cancellation of a running step, retention, and hook events.
+"""Cancellation of a running step, retention, and hook events.
 
-These use the real clock with short leases: the heartbeat is a real thread.
+(The heartbeat and lease loss are in the store contract suite, on every store.)
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import pytest
 
 from kompensa_workers import (
-    Busy,
     CompensationEvent,
     Hooks,
-    LeaseLost,
     MemoryStore,
     PermanentError,
     Retry,
@@ -28,33 +25,7 @@ from kompensa_workers import (
     current_step,
     deliver,
 )
-from kompensa_workers.store import Lease
 from kompensa_workers.testing import FakeClock
-
-
-def test_a_step_longer_than_the_lease_keeps_it_through_the_heartbeat() -> None:
-    store = MemoryStore(lock_ttl=0.3)
-    busy: list[Any] = []
-
-    def long_step() -> str:
-        time.sleep(1.0)  # more than three lease lengths
-        return "done"
-
-    def saga(s: Saga) -> str:
-        return s.step("long", long_step)  # type: ignore[no-any-return]
-
-    # The duplicate runs in its own thread: it is another worker, not a nested step.
-    def duplicate_from_another_worker() -> None:
-        time.sleep(0.6)
-        busy.append(deliver(saga, key="k1", store=store))
-
-    other = threading.Thread(target=duplicate_from_another_worker)
-    other.start()
-    assert SagaRunner(store).run(saga, idempotency_key="k1") == "done"
-    other.join()
-    assert len(busy) == 1 and isinstance(busy[0], Busy)
-    execution = store.get("k1")
-    assert execution is not None and execution.fence == 1  # never granted twice
 
 
 def test_cancel_from_outside_sets_the_running_steps_flag() -> None:
@@ -78,44 +49,6 @@ def test_cancel_from_outside_sets_the_running_steps_flag() -> None:
     # the next step never ran, and the completed one was compensated.
     assert time.monotonic() - started < 3
     assert seen == [True, True]
-
-
-class LosingStore:
-    """A MemoryStore whose lease is taken away once the step has started."""
-
-    def __init__(self) -> None:
-        self.store = MemoryStore(lock_ttl=0.3)
-        self.lock_ttl = self.store.lock_ttl
-        self.lost = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    def renew(self, key: str, lease: Lease, at: float) -> bool:
-        if self.lost.is_set():
-            raise LeaseLost(key, "taken over")
-        return self.store.renew(key, lease, at)
-
-    def commit(self, key: str, lease: Lease, write: Any) -> bool:
-        if self.lost.is_set():
-            raise LeaseLost(key, "taken over")
-        return self.store.commit(key, lease, write)
-
-
-def test_lost_lease_sets_cancelled_and_the_next_write_is_refused() -> None:
-    store = LosingStore()
-    flags: list[bool] = []
-
-    def step() -> str:
-        store.lost.set()
-        flags.append(current_step().cancelled.wait(5))
-        return "late"
-
-    with pytest.raises(LeaseLost):
-        deliver(lambda s: s.step("pay", step), key="k1", store=store)  # type: ignore[arg-type]
-    assert flags == [True]
-    execution = store.store.get("k1")
-    assert execution is not None and execution.step("pay") is None  # journal untouched
 
 
 def test_terminal_records_expire_after_retention_and_running_ones_never() -> None:

@@ -191,3 +191,52 @@ def test_oversized_results_fail_the_step_with_a_clear_error(store: Any) -> None:
     cause = failed.value.cause
     assert isinstance(cause, SerializationError) and cause.step == "blob"
     assert "max_value_bytes" in str(cause)
+
+
+def test_a_step_longer_than_the_lease_keeps_it_through_the_heartbeat(store: Any) -> None:
+    import threading
+
+    from kompensa_workers import Busy, deliver
+
+    seen: list[Any] = []
+
+    def saga(s: Any) -> str:
+        return s.step("long", lambda: time.sleep(1.0) or "done")  # type: ignore[no-any-return]
+
+    def duplicate() -> None:
+        time.sleep(0.6)  # two lease lengths in: only renewals keep it
+        seen.append(deliver(saga, key="k", store=store))
+
+    other = threading.Thread(target=duplicate)
+    other.start()
+    assert SagaRunner(store).run(saga, idempotency_key="k") == "done"
+    other.join()
+    assert len(seen) == 1 and isinstance(seen[0], Busy)
+    assert store.get("k").fence == 1
+
+
+def steal_lease(store: Any, key: str) -> None:
+    """Another holder appears (as after a partition): the lease is no longer ours."""
+    from kompensa_workers import MemoryStore
+    from kompensa_workers.redisstore.keys import journal_key
+
+    if isinstance(store, MemoryStore):
+        store._leases[key].token = "someone-else"
+    else:
+        store.client.hset(journal_key(store.namespace, key), "lease_token", "someone-else")
+
+
+def test_a_lost_lease_cancels_the_step_and_its_write_is_refused(store: Any) -> None:
+    from kompensa_workers import current_step, deliver
+
+    flags: list[bool] = []
+
+    def pay() -> str:
+        steal_lease(store, "k")
+        flags.append(current_step().cancelled.wait(2))  # the heartbeat notices
+        return "late"
+
+    with pytest.raises(LeaseLost):
+        deliver(lambda s: s.step("pay", pay), key="k", store=store)
+    assert flags == [True]
+    assert store.get("k").step("pay") is None  # the journal is untouched
