@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import SerializationError
 
-__all__ = ["decode", "encode", "fingerprint"]
+__all__ = ["decode", "encode", "fingerprint", "is_utf8"]
 
 _TUPLE, _SET, _FROZENSET, _BIGINT = 1, 2, 3, 4
 _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID = 5, 6, 7, 8, 9, 10
@@ -186,5 +186,14 @@ def _encodes(value: object) -> bool:
     try:
         _pack(value)
     except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
         return False
     return True

@@ -34,7 +34,7 @@ from ._signals import (
     Suspend,
 )
 from .clock import SYSTEM_CLOCK, Clock
-from .codec import decode, encode, fingerprint
+from .codec import decode, encode, fingerprint, is_utf8
 from .engine import ExecutionRun
 from .errors import (
     DeliveryLimitExceeded,
@@ -125,6 +125,8 @@ def deliver(
     as it can go in this delivery."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"an idempotency key must be a non-empty str, got {key!r}")
+    if not is_utf8(key):
+        raise ValueError(f"an idempotency key must be valid UTF-8 text, got {key!r}")
     if max_deliveries < 1:
         raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries!r}")
     if lock_ttl is not None and lock_ttl <= 0:

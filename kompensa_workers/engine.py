@@ -142,6 +142,8 @@ class ExecutionRun:
     ) -> None:
         """One fenced write. A refused write aborts the delivery; a store that
         cannot be reached ends it too, leaving the execution to resume later."""
+        if self.lease_lost:  # the heartbeat learned it first: write nothing more
+            raise Abort(LeaseLost(self.key, "the heartbeat found it lost"))
         write = JournalWrite.build(
             self.clock.time(), *records, status=status, result=result,
             failure=failure, lease_ttl=lease_ttl, release=release,

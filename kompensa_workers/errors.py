@@ -245,7 +245,7 @@ class StoreUnavailable(KompensaError):
         self, key: str, waited: float, cause: BaseException, *, detail: str = ""
     ) -> None:
         reason = detail or f"no answer within {waited:g}s: {describe(cause)}"
-        super().__init__(f"journal of {key!r} unreachable: {reason}")
+        super().__init__(f"store unreachable for {key!r}: {reason}")
         self.key = key
         self.waited = waited
 

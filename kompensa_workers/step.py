@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .codec import is_utf8
 from .retry import Retry
 
 __all__ = ["Step"]
@@ -44,8 +45,8 @@ class Step:
         compensate_retry: Retry | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a step name must be a non-empty str, got {name!r}")
+        if not isinstance(name, str) or not name or not is_utf8(name):
+            raise ValueError(f"a step name must be non-empty UTF-8 text, got {name!r}")
         if not callable(fn):
             raise TypeError(f"step {name!r}: fn must be callable, got {fn!r}")
         if compensate is not None and not callable(compensate):
@@ -66,6 +67,9 @@ class Step:
             object.__setattr__(self, slot, value)
 
     def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Step is immutable")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("Step is immutable")
 
     def __repr__(self) -> str:

@@ -46,6 +46,15 @@ def make_store(kind: str, **options: Any) -> Iterator[Any]:
 
         yield RedisStore(fakeredis.FakeStrictRedis(), **options)
         return
+    if kind == "fakeredis+redlock":
+        import fakeredis
+
+        from kompensa_workers import Redlock
+
+        masters = [fakeredis.FakeStrictRedis(server=fakeredis.FakeServer(), socket_timeout=1)
+                   for _ in range(3)]
+        yield RedisStore(fakeredis.FakeStrictRedis(), lock=Redlock(masters), **options)
+        return
     client = real_redis_or_skip()
     namespace = f"kw-test-{uuid.uuid4().hex[:12]}"
     yield RedisStore(client, namespace=namespace, **options)
@@ -54,4 +63,4 @@ def make_store(kind: str, **options: Any) -> Iterator[Any]:
         client.delete(*keys)
 
 
-STORE_KINDS = ["memory", "fakeredis", "redis"]
+STORE_KINDS = ["memory", "fakeredis", "fakeredis+redlock", "redis"]

@@ -91,7 +91,7 @@ def test_run_uses_one_shared_default_store() -> None:
 
 
 def test_bad_step_definitions_name_the_problem() -> None:
-    with pytest.raises(ValueError, match="non-empty str"):
+    with pytest.raises(ValueError, match="non-empty UTF-8 text"):
         Step("", print)
     with pytest.raises(TypeError, match="must be callable"):
         Step("a", "print")  # type: ignore[arg-type]

@@ -64,9 +64,12 @@ def test_journal_values_are_msgpack_never_pickle() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("status", b"exploded"), ("step:x", b"\xc1not msgpack"), ("fence", b"NaN")],
+    [("status", b"exploded"), ("step:x", b"\xc1not msgpack"), ("fence", b"NaN"),
+     (b"\xff\xfe", b"a field name that is not UTF-8")],
 )
-def test_corrupt_records_are_reported_never_started_afresh(field: str, value: bytes) -> None:
+def test_corrupt_records_are_reported_never_started_afresh(
+    field: str | bytes, value: bytes
+) -> None:
     _, client = fake()
     store = RedisStore(client, namespace="ns")
     SagaRunner(store).run(lambda s: s.step("x", lambda: 1), idempotency_key="k")
@@ -143,3 +146,34 @@ def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not() -> None:
     assert store.due() == []
     time.sleep(0.25)
     assert store.due() == ["crashed"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", "transient"),
+        ("MISCONF Redis is configured to save RDB snapshots", "transient"),
+        ("BUSY Redis is busy running a script", "transient"),
+        ("CROSSSLOT Keys in request don't hash to the same slot", "cluster"),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", "corrupt"),
+        ("ERR user_script:12: attempt to perform arithmetic on a nil value", "corrupt"),
+        ("ERR unknown command 'FOO'", "other"),
+        ("command not allowed when used memory > 'maxmemory'. script: 89c5, on "
+         "@user_script:35.", "transient"),
+    ],
+)
+def test_redis_error_replies_are_told_apart(reply: str, kind: str) -> None:
+    import redis
+
+    from kompensa_workers.redisstore.store import _classify
+
+    assert _classify(redis.ResponseError(reply)) == kind
+
+
+def test_redlock_refuses_clients_that_could_hang_forever() -> None:
+    from kompensa_workers import Redlock
+
+    import redis
+
+    with pytest.raises(ValueError, match="socket_timeout"):
+        Redlock([redis.Redis(socket_timeout=None)])

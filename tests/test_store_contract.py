@@ -72,7 +72,8 @@ def test_a_held_lease_makes_others_busy_until_it_expires(store: Any) -> None:
 def test_the_presented_token_takes_a_stretched_lease_over(store: Any) -> None:
     first = claim(store)
     store.commit("k", first.lease, write(status="waiting", lease_ttl=5.0))
-    assert claim(store).state == "busy"  # a duplicate without the token
+    duplicate = claim(store)  # without the token: told to come back when it frees
+    assert duplicate.state == "busy" and 4.5 < duplicate.retry_after <= 5.0
     handed = claim(store, token=first.lease.token)
     assert handed.state == "granted" and handed.lease.fence == 2
     assert handed.execution.stalled_deliveries == 0  # a hand-off is not a crash
@@ -135,7 +136,7 @@ def test_renew_after_loss_raises(store: Any) -> None:
 
 
 def test_same_key_other_arguments_is_a_conflict(store: Any) -> None:
-    claim(store)
+    claim(store)  # its lease is still held: a conflict is still a conflict
     conflict = claim(store, fp="other")
     assert conflict.state == "conflict" and conflict.execution.fingerprint == "fp"
 
@@ -240,3 +241,24 @@ def test_a_lost_lease_cancels_the_step_and_its_write_is_refused(store: Any) -> N
         deliver(lambda s: s.step("pay", pay), key="k", store=store)
     assert flags == [True]
     assert store.get("k").step("pay") is None  # the journal is untouched
+
+
+def test_large_writes_and_odd_names_are_handled(store: Any) -> None:
+    granted = claim(store)
+    records = [StepRecord(name=f"child-{i}", position=0, status="retrying", attempts=1,
+                          parent="fan-out", index=i) for i in range(5000)]
+    store.commit("k", granted.lease, write(*records))
+    assert len(store.get("k").steps) == 5000
+    name = "étape {1} 🚀"
+    unicode_key = claim(store, key="clé {x}")
+    store.commit("clé {x}", unicode_key.lease, write(step(name, "ok")))
+    assert store.get("clé {x}").step(name).result == "ok"
+
+
+def test_keys_and_names_that_are_not_utf8_are_refused_everywhere(store: Any) -> None:
+    from kompensa_workers import deliver
+
+    with pytest.raises(ValueError, match="valid UTF-8"):
+        deliver(lambda s: None, key="bad-\udcff", store=store)
+    with pytest.raises(SagaFailed, match="UTF-8"):
+        SagaRunner(store).run(lambda s: s.step("bad-\udcff", lambda: 1))

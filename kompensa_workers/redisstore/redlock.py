@@ -6,14 +6,15 @@ Timeline of a grant (ttl T, drift D = T * drift_factor + 2 ms)::
     granted  iff  votes >= N // 2 + 1  and  validity = T - (t1 - t0) - D > 0
     otherwise the votes that were given are released at once
 
-Masters are asked in parallel; one that has not answered within ``timeout`` counts
-as a no. Give the clients short socket timeouts and no retries of their own
-(:meth:`Redlock.from_urls` does): a dead master must cost milliseconds, not the
-seconds redis-py's default retries take. Extension needs a majority again; release
-asks every master. A master restarted without persistence forgets its votes: keep
-it out for one TTL after a restart (see the Redlock paper). The fencing token
-of a grant comes from the journal (RedisStore increments it in the same call that
-records the grant), so it increases strictly across grants whichever majority
+Masters are asked in parallel and the answer is taken as soon as a majority has
+voted (or can no longer be reached); a master that has not answered within
+``timeout`` counts as unreachable. Clients must have a socket timeout (a hung
+master would otherwise hold a thread forever) and should not retry on their own:
+:meth:`Redlock.from_urls` builds such clients. Extension needs a majority again;
+release asks every master. A master restarted without persistence forgets its
+votes: keep it out for one TTL after a restart (see the Redlock paper). The fencing
+token of a grant comes from the journal (RedisStore increments it in the same call
+that records the grant), so it increases strictly across grants whichever majority
 voted.
 """
 
@@ -21,8 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import redis
@@ -46,6 +46,13 @@ class Grant:
     validity: float
 
 
+@dataclass(frozen=True)
+class _Round:
+    votes: int
+    refusals: int
+    errors: list[BaseException]
+
+
 class Redlock:
     """A lock over independent masters (use 3 or 5; one is plain locking)."""
 
@@ -63,17 +70,29 @@ class Redlock:
             raise ValueError(f"drift_factor must be in [0, 1), got {drift_factor!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        for client in masters:
+            if client.get_connection_kwargs().get("socket_timeout") is None:
+                raise ValueError(
+                    "Redlock clients need a socket_timeout (a hung master would hold "
+                    "a thread forever); build them with Redlock.from_urls(...) or "
+                    "pass socket_timeout= and socket_connect_timeout="
+                )
         self.clients = masters
         self.quorum = len(masters) // 2 + 1
         self.drift_factor = drift_factor
         self.timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=len(masters), thread_name_prefix="redlock")
+        # Enough threads that callers are not queued behind a slow master.
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(16, 8 * len(masters)), thread_name_prefix="redlock"
+        )
         self._acquire = [c.register_script(source("lock_acquire")) for c in masters]
         self._extend = [c.register_script(source("lock_extend")) for c in masters]
         self._release = [c.register_script(source("lock_release")) for c in masters]
 
     @classmethod
-    def from_urls(cls, urls: Sequence[str], *, timeout: float = 0.2, **options: float) -> Redlock:
+    def from_urls(
+        cls, urls: Sequence[str], *, timeout: float = 0.2, drift_factor: float = 0.01
+    ) -> Redlock:
         """Masters at ``urls``, with clients that fail fast (``timeout`` seconds, no
         retries of their own)."""
         clients = [
@@ -83,55 +102,76 @@ class Redlock:
             )
             for url in urls
         ]
-        return cls(clients, timeout=timeout, **options)
+        return cls(clients, timeout=timeout, drift_factor=drift_factor)
 
     def acquire(
         self, resource: str, token: str, ttl: float, *, presented: str | None = None
     ) -> Grant | None:
         """Grant ``resource`` to ``token`` for up to ``ttl`` s; None if others hold
-        it. Raises StoreUnavailable when too few masters answer to reach a majority."""
+        it. Raises StoreUnavailable when too few masters answer to decide."""
         started = time.monotonic()
-        votes, errors = self._ask(
+        round_ = self._ask(
             lambda script: script(keys=[resource], args=[token, presented or "", _ms(ttl)]),
             self._acquire,
         )
         validity = ttl - (time.monotonic() - started) - (ttl * self.drift_factor + 0.002)
-        if votes >= self.quorum and validity > 0:
+        if round_.votes >= self.quorum and validity > 0:
             return Grant(token, validity)
         self.release(resource, token)
-        if len(self.clients) - len(errors) < self.quorum:
-            raise StoreUnavailable(
-                resource, 0.0, errors[0],
-                detail=f"only {len(self.clients) - len(errors)} of {len(self.clients)} "
-                f"Redlock masters answered; a grant needs {self.quorum}",
-            )
+        self._raise_if_undecided(resource, round_)
         return None
 
     def extend(self, resource: str, token: str, ttl: float) -> bool:
-        """Keep ``resource`` for ``ttl`` more seconds; False if a majority is lost."""
-        votes, _ = self._ask(
+        """Keep ``resource`` for ``ttl`` more seconds. False when a majority says
+        ``token`` no longer holds it; StoreUnavailable when too few answer to tell."""
+        round_ = self._ask(
             lambda script: script(keys=[resource], args=[token, _ms(ttl)]), self._extend
         )
-        return votes >= self.quorum
+        if round_.votes >= self.quorum:
+            return True
+        self._raise_if_undecided(resource, round_)
+        return False
 
     def release(self, resource: str, token: str) -> None:
         """Free ``resource`` on every master that ``token`` still holds it on."""
-        self._ask(lambda script: script(keys=[resource], args=[token]), self._release)
+        self._ask(lambda script: script(keys=[resource], args=[token]), self._release,
+                  early=False)
+
+    def _raise_if_undecided(self, resource: str, round_: _Round) -> None:
+        """A majority neither granted nor refused: the masters were not reachable."""
+        if round_.refusals <= len(self.clients) - self.quorum:
+            answered = round_.votes + round_.refusals
+            raise StoreUnavailable(
+                resource, self.timeout, round_.errors[0] if round_.errors else TimeoutError(),
+                detail=f"only {answered} of {len(self.clients)} Redlock masters answered; "
+                f"a decision needs {self.quorum}",
+            )
 
     def _ask(
-        self, call: Callable[[Script], object], scripts: list[Script]
-    ) -> tuple[int, list[BaseException]]:
-        votes, errors = 0, list[BaseException]()
-        futures = [self._pool.submit(call, script) for script in scripts]
+        self, call: Callable[[Script], object], scripts: list[Script], *, early: bool = True
+    ) -> _Round:
+        futures: set[Future[object]] = {self._pool.submit(call, s) for s in scripts}
         deadline = time.monotonic() + self.timeout
-        for future in futures:
-            try:
-                votes += future.result(max(0.0, deadline - time.monotonic())) == 1
-            except FutureTimeout as exc:
-                errors.append(TimeoutError(f"no answer within {self.timeout:g}s: {exc}"))
-            except _FAILURES as exc:
-                errors.append(exc)
-        return votes, errors
+        votes, refusals, errors = 0, 0, list[BaseException]()
+        undecidable = len(scripts) - self.quorum  # more refusals than this: no majority
+        while futures:
+            done, futures = wait(
+                futures, max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED
+            )
+            if not done:
+                break
+            for future in done:
+                try:
+                    if future.result() == 1:
+                        votes += 1
+                    else:
+                        refusals += 1
+                except _FAILURES as exc:
+                    errors.append(exc)
+            if early and (votes >= self.quorum or refusals + len(errors) > undecidable):
+                break
+        errors += [TimeoutError(f"no answer within {self.timeout:g}s") for _ in futures]
+        return _Round(votes, refusals, errors)
 
 
 def _ms(seconds: float) -> int:

@@ -11,7 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
-from ..errors import LeaseLost, SerializationError, StoreUnavailable
+from ..errors import KompensaError, LeaseLost, SerializationError, StoreUnavailable
 from ..records import Execution
 from ..store import Claim, JournalWrite, Lease, execution_from_fields
 from .keys import index_key, journal_key, lock_key, validate_namespace
@@ -104,9 +104,8 @@ class RedisStore:
             grant = self.lock.acquire(
                 lock_key(self.namespace, key), token, lock_ttl, presented=lease_token
             )
-            if grant is None:
-                return Claim("busy", retry_after=lock_ttl / 3)
-            ttl, forced = grant.validity, "1"
+            # Refused: the journal says why (busy for how long, ended, conflicting).
+            ttl, forced = (lock_ttl, "peek") if grant is None else (grant.validity, "1")
         reply = self._script(
             "claim", key,
             [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced],
@@ -114,7 +113,7 @@ class RedisStore:
         state = reply[0].decode()
         if state == "busy":
             return Claim("busy", retry_after=int(reply[1]) / 1000)
-        execution = execution_from_fields(key, _fields(reply[2]))
+        execution = execution_from_fields(key, _fields(key, reply[2]))
         if state != "granted":
             if self.lock is not None:
                 self.lock.release(lock_key(self.namespace, key), token)
@@ -135,7 +134,7 @@ class RedisStore:
         ])
         if reply[0] == 0:
             raise LeaseLost(key, reply[1].decode())
-        if self.lock is not None:
+        if self.lock is not None:  # the journal write decided; the locks follow it
             resource = lock_key(self.namespace, key)
             if write.release:
                 self.lock.release(resource, lease.token)
@@ -144,10 +143,12 @@ class RedisStore:
         return bool(reply[1] == b"1")
 
     def renew(self, key: str, lease: Lease, at: float) -> bool:
+        # extend() raises StoreUnavailable when too few masters answer to tell:
+        # that is not a loss, and the heartbeat simply tries again.
         if self.lock is not None and not self.lock.extend(
             lock_key(self.namespace, key), lease.token, lease.ttl
         ):
-            raise LeaseLost(key, "the lock quorum was lost")
+            raise LeaseLost(key, "a majority of lock masters no longer hold our token")
         reply = self._script("renew", key, [key, lease.token, lease.fence, _ms(lease.ttl)])
         if reply[0] == 0:
             raise LeaseLost(key, reply[1].decode())
@@ -162,7 +163,7 @@ class RedisStore:
         fields = self._retrying(
             lambda: self.client.hgetall(journal_key(self.namespace, key)), key
         )
-        return execution_from_fields(key, _fields(fields)) if fields else None
+        return execution_from_fields(key, _fields(key, fields)) if fields else None
 
     def cancel(self, key: str) -> bool:
         return bool(self._script("cancel", key, [], index=False))
@@ -199,18 +200,62 @@ class RedisStore:
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
             except redis.ResponseError as exc:
-                raise SerializationError(
-                    f"journal record of {key!r} is corrupt or not ours ({exc}); "
-                    "refusing to start it afresh"
-                ) from exc
+                kind = _classify(exc)
+                if kind == "transient" and time.monotonic() + pause <= deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                if kind == "transient":
+                    raise StoreUnavailable(key, self.write_timeout, exc) from exc
+                if kind == "cluster":
+                    raise KompensaError(
+                        f"RedisStore needs a standalone or Sentinel-managed Redis; this "
+                        f"server is a Cluster node ({exc})"
+                    ) from exc
+                if kind == "corrupt":
+                    raise SerializationError(
+                        f"journal record of {key!r} is corrupt or not ours ({exc}); "
+                        "refusing to start it afresh"
+                    ) from exc
+                raise
+
+
+# Redis error replies: the server is busy or degraded and may recover...
+_TRANSIENT_ERRORS = (
+    redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+_TRANSIENT_REPLIES = ("OOM", "MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
+                      "NOREPLICAS", "LOADING", "command not allowed when used memory")
+# ...the keys are not where a standalone server would have them...
+_CLUSTER_REPLIES = ("CROSSSLOT", "MOVED", "ASK", "Keys in request don't hash",
+                    "all keys must map to the same key slot")
+# ...or what is stored is not what our scripts wrote (a Lua runtime error on data).
+_CORRUPT_REPLIES = ("WRONGTYPE", "not an integer", "attempt to ", "bad argument")
+
+
+def _classify(exc: redis.ResponseError) -> str:
+    text = str(exc)
+    if isinstance(exc, _TRANSIENT_ERRORS) or any(m in text for m in _TRANSIENT_REPLIES):
+        return "transient"
+    if any(marker in text for marker in _CLUSTER_REPLIES):
+        return "cluster"
+    if any(marker in text for marker in _CORRUPT_REPLIES):
+        return "corrupt"
+    return "other"
 
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _fields(flat: Any) -> dict[str, bytes]:
+def _fields(key: str, flat: Any) -> dict[str, bytes]:
     """A field map from HGETALL's reply (a flat list from Lua, a dict from redis-py)."""
-    if isinstance(flat, dict):
-        return {k.decode(): v for k, v in flat.items()}
-    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    try:
+        return {name.decode(): value for name, value in pairs}
+    except UnicodeDecodeError as exc:
+        raise SerializationError(
+            f"journal record of {key!r} is corrupt: a field name is not UTF-8 ({exc}); "
+            "refusing to start it afresh"
+        ) from exc

@@ -13,7 +13,8 @@
 -- ARGV[5] - the new lease token (a retried claim sends the same one)
 -- ARGV[6] - lease ttl, ms
 -- ARGV[7] - start time for display (client clock, seconds)
--- ARGV[8] - '1' when a Redlock quorum already granted the lease, else '0'
+-- ARGV[8] - '1' when a Redlock quorum already granted the lease, 'peek' when the
+--           quorum refused it (report only: nothing is created or changed), else '0'
 -- returns {state, retry_after_ms, {field, value, ...}}
 --   state 'granted' | 'terminal' | 'conflict' (the whole journal follows)
 --   state 'busy' (retry_after_ms: what is left of the holder's lease)
@@ -25,7 +26,11 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local terminal = {succeeded = true, compensated = true, compensation_failed = true,
                   cancelled = true}
+local peek = ARGV[8] == 'peek'
 
+if peek and redis.call('EXISTS', journal) == 0 then
+  return {'busy', ttl}
+end
 if redis.call('EXISTS', journal) == 0 then
   redis.call('HSET', journal, 'saga', saga, 'fingerprint', fingerprint,
              'status', 'running', 'created_at', ARGV[7], 'updated_at', ARGV[7],
@@ -40,6 +45,9 @@ if terminal[head[2]] then
   return {'terminal', 0, redis.call('HGETALL', journal)}
 end
 local holder, deadline = head[3] or '', tonumber(head[4] or '0')
+if peek then  -- the lock masters refused: say how long the journal's holder has
+  return {'busy', math.max(deadline - now, 1)}
+end
 if holder == new_token then  -- our own claim, retried after a lost reply
   return {'granted', 0, redis.call('HGETALL', journal)}
 end

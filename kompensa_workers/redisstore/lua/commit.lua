@@ -31,8 +31,8 @@ if not head[3] then return {0, 'no lease is held'} end
 if head[3] ~= token or head[4] ~= fence then return {0, 'another worker took the lease over'} end
 if tonumber(head[5]) <= now then return {0, 'the lease expired'} end
 
-if #ARGV >= 10 then
-  redis.call('HSET', journal, unpack(ARGV, 10))
+for first = 10, #ARGV, 512 do  -- in chunks: unpack() is limited by the Lua stack
+  redis.call('HSET', journal, unpack(ARGV, first, math.min(first + 511, #ARGV)))
 end
 redis.call('HSET', journal, 'updated_at', ARGV[6], 'stalled', 0, 'last_write', write_id)
 local status = ARGV[5]
