@@ -171,9 +171,9 @@ def test_redis_error_replies_are_told_apart(reply: str, kind: str) -> None:
 
 
 def test_redlock_refuses_clients_that_could_hang_forever() -> None:
-    from kompensa_workers import Redlock
-
     import redis
+
+    from kompensa_workers import Redlock
 
     with pytest.raises(ValueError, match="socket_timeout"):
         Redlock([redis.Redis(socket_timeout=None)])
