@@ -154,6 +154,21 @@ class MemoryStore:
             fields["cancel"] = b"1"
             return True
 
+    def due(self, limit: int = 100) -> list[str]:
+        """Non-terminal executions whose lease deadline has passed, oldest first."""
+        now = self._clock.time()
+        with self._mutex:
+            deadlines = []
+            for key in list(self._journals):
+                fields = self._live_fields(key, now)
+                if fields is None or fields["status"].decode() in TERMINAL:
+                    continue
+                held = self._leases.get(key)
+                deadline = held.expires_at if held else 0.0
+                if deadline <= now:
+                    deadlines.append((deadline, key))
+        return [key for _, key in sorted(deadlines)[:limit]]
+
     def _live_fields(self, key: str, now: float) -> dict[str, bytes] | None:
         expires_at = self._expires.get(key)
         if expires_at is not None and expires_at <= now:

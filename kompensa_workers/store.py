@@ -136,6 +136,11 @@ class Store(Protocol):
         """Ask a non-terminal execution to stop; False if there is none."""
         ...
 
+    def due(self, limit: int = 100) -> list[str]:
+        """Non-terminal executions whose lease deadline has passed (their delivery
+        died, or their delayed message never came back), oldest first."""
+        ...
+
 
 def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
     """Build an Execution from a store's field map (the same layout for every store)."""

@@ -136,18 +136,6 @@ def test_a_retried_write_that_had_landed_is_acknowledged_not_refused() -> None:
     assert store.get("k").status == "succeeded"  # type: ignore[union-attr]
 
 
-def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not() -> None:
-    _, client = fake()
-    store = RedisStore(client, namespace="ns", lock_ttl=0.2)
-    claim(store, "crashed")
-    finished = claim(store, "finished")
-    store.commit("finished", finished.lease,
-                 JournalWrite.build(time.time(), status="succeeded", release=True))
-    assert store.due() == []
-    time.sleep(0.25)
-    assert store.due() == ["crashed"]
-
-
 @pytest.mark.parametrize(
     ("reply", "kind"),
     [

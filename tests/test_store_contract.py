@@ -262,3 +262,17 @@ def test_keys_and_names_that_are_not_utf8_are_refused_everywhere(store: Any) -> 
         deliver(lambda s: None, key="bad-\udcff", store=store)
     with pytest.raises(SagaFailed, match="UTF-8"):
         SagaRunner(store).run(lambda s: s.step("bad-\udcff", lambda: 1))
+
+
+def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not(store: Any) -> None:
+    claim(store, "crashed")
+    waiting = claim(store, "waiting")
+    store.commit("waiting", waiting.lease, write(status="waiting", lease_ttl=5.0))
+    finished = claim(store, "finished")
+    store.commit("finished", finished.lease, write(status="succeeded", release=True))
+    released = claim(store, "released")
+    store.release("released", released.lease)
+    assert store.due() == ["released"]  # freed at once by a dying live process
+    time.sleep(TTL + 0.05)
+    assert store.due() == ["released", "crashed"]
+    assert store.due(limit=1) == ["released"]
