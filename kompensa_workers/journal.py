@@ -229,10 +229,6 @@ class Journal:
             for record in records:
                 self._records[record.name] = record
 
-    def record(self, name: str) -> StepRecord | None:
-        """The latest record of step ``name`` in this delivery's view."""
-        return self._records.get(name)
-
     # -- rollback -------------------------------------------------------------
 
     def owed_compensations(self, names: set[str] | None = None) -> list[StepRecord]:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .codec import decode, encode
+from .codec import decode
 from .errors import SerializationError
 from .records import (
     STATUSES,
@@ -183,8 +183,3 @@ def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
         raise SerializationError(
             f"journal record of {key!r} is corrupt: {exc}; refusing to start it afresh"
         ) from exc
-
-
-def encode_result(value: object) -> bytes:
-    """Encode a saga's return value."""
-    return encode(value, what="saga result")
