@@ -200,12 +200,13 @@ def test_a_step_longer_than_the_lease_keeps_it_through_the_heartbeat(store: Any)
     from kompensa_workers import Busy, deliver
 
     seen: list[Any] = []
+    store.lock_ttl = 0.6  # renewed every 0.2 s
 
     def saga(s: Any) -> str:
-        return s.step("long", lambda: time.sleep(1.0) or "done")  # type: ignore[no-any-return]
+        return s.step("long", lambda: time.sleep(1.5) or "done")  # type: ignore[no-any-return]
 
     def duplicate() -> None:
-        time.sleep(0.6)  # two lease lengths in: only renewals keep it
+        time.sleep(1.0)  # well past the first lease: only renewals keep it
         seen.append(deliver(saga, key="k", store=store))
 
     other = threading.Thread(target=duplicate)

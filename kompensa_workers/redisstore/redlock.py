@@ -168,7 +168,9 @@ class Redlock:
                         refusals += 1
                 except _FAILURES as exc:
                     errors.append(exc)
-            if early and (votes >= self.quorum or refusals + len(errors) > undecidable):
+            # Decided: a majority granted, or a majority refused. Errors alone do not
+            # stop the round, so the count of masters that answered is exact.
+            if early and (votes >= self.quorum or refusals > undecidable):
                 break
         errors += [TimeoutError(f"no answer within {self.timeout:g}s") for _ in futures]
         return _Round(votes, refusals, errors)
