@@ -34,7 +34,7 @@ from ._signals import (
     Suspend,
 )
 from .clock import SYSTEM_CLOCK, Clock
-from .codec import decode, encode, fingerprint, is_utf8
+from .codec import check_arguments, decode, encode, fingerprint, is_utf8
 from .engine import ExecutionRun
 from .errors import (
     DeliveryLimitExceeded,
@@ -47,6 +47,7 @@ from .failures import ErrorInfo
 from .hooks import Hooks, SagaEvent, dispatcher
 from .lease import keeper
 from .records import ExecutionStatus, SagaFailure
+from .retry import Retry
 from .rollback import compensate
 from .saga import Saga
 from .store import Store
@@ -120,9 +121,18 @@ def deliver(
     clock: Clock | None = None,
     lock_ttl: float | None = None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    retry: Retry | None = None,
+    dispatch: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> Outcome:
     """Claim execution ``key`` of saga ``fn(saga, *args, **kwargs)`` and run it as far
-    as it can go in this delivery."""
+    as it can go in this delivery.
+
+    ``retry`` is the policy of steps that name none (default: no retry).
+    ``dispatch`` is journaled with the execution for recovery: whatever the caller
+    needs to send this delivery again (task name, message id, arguments). ``name``
+    overrides the saga name journaled (adapters pass their task name).
+    """
     if not isinstance(key, str) or not key:
         raise ValueError(f"an idempotency key must be a non-empty str, got {key!r}")
     if not is_utf8(key):
@@ -134,11 +144,12 @@ def deliver(
     kwargs = dict(kwargs or {})
     clock = clock or SYSTEM_CLOCK
     hook = dispatcher(hooks)
-    name = saga_name(fn)
+    name = name or saga_name(fn)
     digest = _fingerprint(name, args, kwargs)
     claim = store.claim(
         key, saga=name, fingerprint=digest, lease_token=lease_token,
         lock_ttl=lock_ttl or store.lock_ttl, at=clock.time(),
+        dispatch=None if dispatch is None else encode(dict(dispatch), what="dispatch"),
     )
     if claim.state == "busy":
         return Busy(claim.retry_after)
@@ -152,7 +163,8 @@ def deliver(
         return Failed(error) if error else Finished(execution.result)
     assert claim.lease is not None
     run = ExecutionRun(
-        store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock
+        store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock,
+        default_retry=retry,
     )
     resumed = execution.deliveries > 1 or bool(execution.steps)
     hook.on_saga_start(SagaEvent(key, name, execution.status, resumed=resumed))
@@ -176,10 +188,7 @@ def _fingerprint(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
     try:
         return fingerprint([name, list(args), kwargs])
     except SerializationError:
-        for index, value in enumerate(args):
-            encode(value, what=f"argument {index + 1} of saga {name!r}")
-        for keyword, value in kwargs.items():
-            encode(value, what=f"keyword argument {keyword!r} of saga {name!r}")
+        check_arguments(args, kwargs, owner=f"saga {name!r}")
         raise
 
 

@@ -97,8 +97,10 @@ class ExecutionRun:
         execution: Execution,
         hooks: HookDispatcher,
         clock: Clock,
+        default_retry: Retry | None = None,
     ) -> None:
         self.key = execution.key
+        self.default_retry = default_retry or NO_RETRY
         self.store = store
         self.lease = lease
         self.hooks = hooks
@@ -213,7 +215,7 @@ class ExecutionRun:
         self, spec: Step, base: StepRecord, attempt: int, group: StopFlags | None
     ) -> Outcome:
         """Attempts of one step until it succeeds, gives up, or must wait."""
-        policy = spec.retry or NO_RETRY
+        policy = spec.retry or self.default_retry
         while True:
             ctx = self.context(spec.name, attempt)
             self.watch(ctx.cancelled, group)

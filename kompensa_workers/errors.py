@@ -27,7 +27,9 @@ and live in :mod:`kompensa_workers._signals`; user code never sees them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "CompensationFailed",
@@ -91,26 +93,42 @@ class StepFailed(KompensaError):
         self.cause = cause
 
 
-CompensationErrors = Sequence[tuple[str, BaseException]]
-
 
 class SagaError(KompensaError):
-    """An execution ended without a result. Never raised itself; see subclasses."""
+    """An execution ended without a result. Never raised itself; see subclasses.
+
+    Its ``args`` are plain data (the causes as type, message, arguments and
+    attributes), so the error crosses a JSON result backend and comes back as the
+    same class with the same attributes: ``cls(*args)`` rebuilds it.
+    """
 
     def __init__(
         self,
         key: str,
         failed_step: str | None,
-        cause: BaseException | None,
-        compensation_errors: CompensationErrors = (),
+        cause: BaseException | Mapping[str, Any] | None,
+        compensation_errors: Sequence[Sequence[Any]] = (),
     ) -> None:
         self.key = key
         self.failed_step = failed_step
-        self.cause = cause
-        self.compensation_errors: list[tuple[str, BaseException]] = list(
-            compensation_errors
+        self.cause = _as_exception(cause)
+        self.compensation_errors: list[tuple[str, BaseException]] = []
+        for step, error in compensation_errors:
+            restored = _as_exception(error)
+            if restored is not None:
+                self.compensation_errors.append((step, restored))
+        super().__init__(
+            key,
+            failed_step,
+            _as_data(self.cause),
+            [[step, _as_data(error)] for step, error in self.compensation_errors],
         )
-        super().__init__(self._describe())
+
+    def __str__(self) -> str:
+        return self._describe()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args)
 
     def _describe(self) -> str:
         text = f"saga {self.key!r} {self._verb}"
@@ -258,3 +276,36 @@ class StoredError(KompensaError):
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+
+
+def _as_data(error: BaseException | None) -> dict[str, Any] | None:
+    """An exception as JSON-safe data (what a result backend can carry)."""
+    if error is None:
+        return None
+    from .failures import ErrorInfo  # failures imports this module
+
+    info = ErrorInfo.capture(error)
+    data: dict[str, Any] = {"type": info.type_name, "message": info.message}
+    for name, value in (("args", info.args), ("attributes", info.attributes)):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        data[name] = value
+    return data
+
+
+def _as_exception(value: BaseException | Mapping[str, Any] | None) -> BaseException | None:
+    """Accept an exception, or the data :func:`_as_data` made of one."""
+    if value is None or isinstance(value, BaseException):
+        return value
+    from .failures import ErrorInfo
+
+    if isinstance(value, Mapping) and isinstance(value.get("type"), str):
+        args = value.get("args")
+        return ErrorInfo(
+            value["type"], str(value.get("message", "")),
+            tuple(args) if isinstance(args, (list, tuple)) else None,
+            dict(value.get("attributes") or {}),
+        ).restore()
+    return StoredError("unknown", str(value))

@@ -49,6 +49,7 @@ class MemoryStore:
         self._journals: dict[str, dict[str, bytes]] = {}
         self._expires: dict[str, float] = {}
         self._leases: dict[str, _HeldLease] = {}
+        self._held_back: dict[str, float] = {}  # recovery already re-dispatched it
         self._mutex = threading.Lock()
 
     def claim(
@@ -60,6 +61,7 @@ class MemoryStore:
         lease_token: str | None,
         lock_ttl: float,
         at: float,
+        dispatch: bytes | None = None,
     ) -> Claim:
         now = self._clock.time()
         with self._mutex:
@@ -95,6 +97,8 @@ class MemoryStore:
                 stalled=str(stalled).encode(),
                 open=b"1",
             )
+            if dispatch is not None:
+                fields["dispatch"] = dispatch
             token = secrets.token_hex(16)
             self._leases[key] = _HeldLease(token, fence, now + lock_ttl)
             return Claim(
@@ -156,17 +160,27 @@ class MemoryStore:
 
     def due(self, limit: int = 100) -> list[str]:
         """Non-terminal executions whose lease deadline has passed, oldest first."""
-        now = self._clock.time()
         with self._mutex:
-            deadlines = []
-            for key in list(self._journals):
-                fields = self._live_fields(key, now)
-                if fields is None or fields["status"].decode() in TERMINAL:
-                    continue
-                held = self._leases.get(key)
-                deadline = held.expires_at if held else 0.0
-                if deadline <= now:
-                    deadlines.append((deadline, key))
+            return self._due(limit, self._clock.time())
+
+    def take_due(self, limit: int, hold: float) -> list[str]:
+        with self._mutex:
+            now = self._clock.time()
+            keys = self._due(limit, now)
+            for key in keys:
+                self._held_back[key] = now + hold
+            return keys
+
+    def _due(self, limit: int, now: float) -> list[str]:
+        deadlines = []
+        for key in list(self._journals):
+            fields = self._live_fields(key, now)
+            if fields is None or fields["status"].decode() in TERMINAL:
+                continue
+            held = self._leases.get(key)
+            deadline = max(held.expires_at if held else 0.0, self._held_back.get(key, 0.0))
+            if deadline <= now:
+                deadlines.append((deadline, key))
         return [key for _, key in sorted(deadlines)[:limit]]
 
     def _live_fields(self, key: str, now: float) -> dict[str, bytes] | None:

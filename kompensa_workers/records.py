@@ -210,6 +210,7 @@ class Execution:
     created_at: float = 0.0
     updated_at: float = 0.0
     cancel_requested: bool = False
+    dispatch: Any = None  # how the adapter that ran it would send it again
     _by_name: Mapping[str, StepRecord] = field(
         default_factory=dict, repr=False, compare=False
     )

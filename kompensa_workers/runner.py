@@ -23,6 +23,7 @@ from .delivery import (
 from .errors import SagaBusy
 from .hooks import Hooks
 from .memory import MemoryStore
+from .retry import Retry
 from .store import Store
 
 __all__ = ["SagaRunner", "run"]
@@ -34,7 +35,8 @@ class SagaRunner:
     """Runs sagas in this process against ``store`` (default: a new MemoryStore).
 
     ``lock_wait`` is how long :meth:`run` waits for another holder of the same
-    execution before raising :class:`SagaBusy`.
+    execution before raising :class:`SagaBusy`; ``retry`` is the policy of steps
+    that name none (default: no retry).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class SagaRunner:
         clock: Clock | None = None,
         lock_ttl: float | None = None,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        retry: Retry | None = None,
     ) -> None:
         if lock_wait < 0:
             raise ValueError(f"lock_wait must be >= 0 seconds, got {lock_wait!r}")
@@ -57,6 +60,7 @@ class SagaRunner:
         self.hooks = hooks
         self.lock_ttl = lock_ttl
         self.max_deliveries = max_deliveries
+        self.retry = retry
 
     def run(
         self,
@@ -79,7 +83,7 @@ class SagaRunner:
             outcome = deliver(
                 fn, args, kwargs, key=key, store=self.store, lease_token=lease_token,
                 hooks=self.hooks, clock=self.clock, lock_ttl=self.lock_ttl,
-                max_deliveries=self.max_deliveries,
+                max_deliveries=self.max_deliveries, retry=self.retry,
             )
             if isinstance(outcome, Finished):
                 return outcome.result  # type: ignore[no-any-return]

@@ -111,8 +111,13 @@ class Store(Protocol):
         lease_token: str | None,
         lock_ttl: float,
         at: float,
+        dispatch: bytes | None = None,
     ) -> Claim:
-        """Acquire (or take over, with ``lease_token``) the lease and load the journal."""
+        """Acquire (or take over, with ``lease_token``) the lease and load the journal.
+
+        ``dispatch`` (encoded, adapter-defined: which task, which arguments) is kept
+        with a granted execution so recovery can send it again.
+        """
         ...
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
@@ -141,6 +146,12 @@ class Store(Protocol):
         died, or their delayed message never came back), oldest first."""
         ...
 
+    def take_due(self, limit: int, hold: float) -> list[str]:
+        """Like :meth:`due`, and each returned execution is held back from the next
+        ``take_due`` for ``hold`` seconds (so concurrent recoverers do not both
+        re-dispatch it)."""
+        ...
+
 
 def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
     """Build an Execution from a store's field map (the same layout for every store)."""
@@ -160,6 +171,7 @@ def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
         )
         result = fields.get("result")
         failure = fields.get("error")
+        dispatch = fields.get("dispatch")
         return Execution(
             key=key,
             saga=text("saga"),
@@ -174,6 +186,7 @@ def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
             created_at=float(text("created_at", "0")),
             updated_at=float(text("updated_at", "0")),
             cancel_requested=text("cancel", "0") == "1",
+            dispatch=decode(dispatch, what="dispatch record") if dispatch else None,
         )
     except SerializationError as exc:
         raise SerializationError(

@@ -277,3 +277,29 @@ def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not(store: Any
     time.sleep(TTL + 0.05)
     assert store.due() == ["released", "crashed"]
     assert store.due(limit=1) == ["released"]
+
+
+def test_dispatch_is_kept_and_take_due_holds_back_what_it_returns(store: Any) -> None:
+    from kompensa_workers.codec import encode
+
+    sent = {"task": "shop.checkout", "id": "t-1", "args": ["42"], "kwargs": {}}
+    store.claim("k", saga="s", fingerprint="fp", lease_token=None, lock_ttl=TTL,
+                at=time.time(), dispatch=encode(sent))
+    assert store.get("k").dispatch == sent
+    time.sleep(TTL + 0.05)
+    assert store.take_due(10, hold=5.0) == ["k"]
+    assert store.take_due(10, hold=5.0) == []  # another recoverer finds nothing
+    assert store.due() == []
+
+
+def test_the_default_retry_policy_applies_to_steps_that_name_none(store: Any) -> None:
+    calls = {"n": 0}
+
+    def flaky() -> int:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise TransientError("later")
+        return calls["n"]
+
+    runner = SagaRunner(store, retry=Retry(attempts=3, initial=0.01))
+    assert runner.run(lambda s: s.step("f", flaky)) == 3

@@ -20,6 +20,7 @@ voted.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -81,10 +82,8 @@ class Redlock:
         self.quorum = len(masters) // 2 + 1
         self.drift_factor = drift_factor
         self.timeout = timeout
-        # Enough threads that callers are not queued behind a slow master.
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(16, 8 * len(masters)), thread_name_prefix="redlock"
-        )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._acquire = [c.register_script(source("lock_acquire")) for c in masters]
         self._extend = [c.register_script(source("lock_extend")) for c in masters]
         self._release = [c.register_script(source("lock_release")) for c in masters]
@@ -147,10 +146,21 @@ class Redlock:
                 f"a decision needs {self.quorum}",
             )
 
+    def _executor(self) -> ThreadPoolExecutor:
+        """The thread pool of this process (a forked worker child makes its own)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            # Enough threads that callers are not queued behind a slow master.
+            self._pool = ThreadPoolExecutor(
+                max_workers=max(16, 8 * len(self.clients)), thread_name_prefix="redlock"
+            )
+            self._pool_pid = os.getpid()
+        return self._pool
+
     def _ask(
         self, call: Callable[[Script], object], scripts: list[Script], *, early: bool = True
     ) -> _Round:
-        futures: set[Future[object]] = {self._pool.submit(call, s) for s in scripts}
+        pool = self._executor()
+        futures: set[Future[object]] = {pool.submit(call, s) for s in scripts}
         deadline = time.monotonic() + self.timeout
         votes, refusals, errors = 0, 0, list[BaseException]()
         undecidable = len(scripts) - self.quorum  # more refusals than this: no majority

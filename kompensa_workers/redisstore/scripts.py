@@ -6,7 +6,7 @@ from importlib import resources
 
 import redis
 
-NAMES = ("claim", "commit", "renew", "release", "cancel", "due")
+NAMES = ("claim", "commit", "renew", "release", "cancel", "due", "take_due")
 
 
 def source(name: str) -> str:

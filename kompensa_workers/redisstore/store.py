@@ -97,6 +97,7 @@ class RedisStore:
         lease_token: str | None,
         lock_ttl: float,
         at: float,
+        dispatch: bytes | None = None,
     ) -> Claim:
         token = secrets.token_hex(16)
         ttl, forced = lock_ttl, "0"
@@ -108,7 +109,8 @@ class RedisStore:
             ttl, forced = (lock_ttl, "peek") if grant is None else (grant.validity, "1")
         reply = self._script(
             "claim", key,
-            [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced],
+            [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
+             dispatch or b""],
         )
         state = reply[0].decode()
         if state == "busy":
@@ -174,6 +176,13 @@ class RedisStore:
         """Non-terminal executions whose lease deadline has passed, oldest first."""
         keys = self._retrying(
             lambda: self._scripts["due"](keys=[self._index], args=[limit]), "index"
+        )
+        return [k.decode() for k in keys]
+
+    def take_due(self, limit: int, hold: float) -> list[str]:
+        keys = self._retrying(
+            lambda: self._scripts["take_due"](keys=[self._index], args=[limit, _ms(hold)]),
+            "index",
         )
         return [k.decode() for k in keys]
 

@@ -15,6 +15,7 @@
 -- ARGV[7] - start time for display (client clock, seconds)
 -- ARGV[8] - '1' when a Redlock quorum already granted the lease, 'peek' when the
 --           quorum refused it (report only: nothing is created or changed), else '0'
+-- ARGV[9] - how to dispatch it again (encoded; '' keeps what is recorded)
 -- returns {state, retry_after_ms, {field, value, ...}}
 --   state 'granted' | 'terminal' | 'conflict' (the whole journal follows)
 --   state 'busy' (retry_after_ms: what is left of the holder's lease)
@@ -61,6 +62,9 @@ redis.call('HINCRBY', journal, 'fence', 1)
 redis.call('HINCRBY', journal, 'deliveries', 1)
 redis.call('HSET', journal, 'open', 1, 'lease_token', new_token,
            'lease_until', now + ttl)
+if ARGV[9] ~= '' then
+  redis.call('HSET', journal, 'dispatch', ARGV[9])
+end
 redis.call('PERSIST', journal)
 redis.call('ZADD', index, now + ttl, key)
 return {'granted', 0, redis.call('HGETALL', journal)}
