@@ -1,0 +1,46 @@
+"""The Celery app the integration suites run in real `celery worker` processes.
+
+Configured from the environment the harness sets: KW_BROKER_URL, KW_REDIS_URL (result
+backend, journal and the effects ledger), KW_NAMESPACE, KW_QUEUE, KW_LOCK_TTL,
+KW_RECOVERY (seconds between recovery passes; unset: off).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from integrations.apps import sagas
+from kompensa_workers.celery import enable_recovery, saga_task
+
+app = Celery("kw_conformance", broker=os.environ["KW_BROKER_URL"],
+             backend=os.environ["KW_REDIS_URL"])
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_default_queue=os.environ["KW_QUEUE"],
+    worker_prefetch_multiplier=1,
+    result_expires=600,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+store = sagas.journal()
+checkout = saga_task(app, store=store, name="kw.checkout")(sagas.checkout)
+flaky = saga_task(app, store=store, name="kw.flaky")(sagas.flaky)
+doomed = saga_task(app, store=store, name="kw.doomed")(sagas.doomed)
+slow = saga_task(app, store=store, name="kw.slow")(sagas.slow)
+keyed = saga_task(app, store=store, name="kw.keyed", key=sagas.order_key)(sagas.keyed)
+
+
+@app.task(name="kw.ordinary")
+def ordinary(tag: str) -> str:
+    """A plain task, to show the worker slot is free while a saga waits."""
+    sagas.mark("ordinary", tag=tag)
+    return tag
+
+
+if os.environ.get("KW_RECOVERY"):
+    enable_recovery(app, store, interval=float(os.environ["KW_RECOVERY"]))

@@ -1,0 +1,105 @@
+"""Broker-independent sagas for the conformance suites.
+
+Every step records what it did in a Redis list (the effects ledger) with the worker
+process id, so a test can count effects across processes and find whom to kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+
+from kompensa_workers import PermanentError, RedisStore, Retry, Saga, TransientError, current_step
+
+NAMESPACE = os.environ.get("KW_NAMESPACE", "kw")
+
+
+def journal() -> RedisStore:
+    return RedisStore.from_url(
+        os.environ["KW_REDIS_URL"], namespace=NAMESPACE,
+        lock_ttl=float(os.environ.get("KW_LOCK_TTL", "3")),
+    )
+
+
+_ledger: redis.Redis | None = None
+
+
+def mark(kind: str, **details: Any) -> None:
+    """Append one entry to the effects ledger."""
+    global _ledger
+    if _ledger is None:
+        _ledger = redis.Redis.from_url(os.environ["KW_REDIS_URL"])
+    try:
+        ctx = current_step()
+        where = {"key": ctx.key, "step": ctx.name, "attempt": ctx.attempt}
+    except Exception:
+        where = {}
+    entry = {"kind": kind, "pid": os.getpid(), "at": time.time(), **where, **details}
+    _ledger.rpush(f"{NAMESPACE}:ledger", json.dumps(entry))
+
+
+def effect(value: str) -> str:
+    mark("run")
+    return value
+
+
+def undo(result: Any) -> None:
+    mark("undo")
+
+
+def checkout(saga: Saga, order_id: str) -> list[str]:
+    reserved = saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    charged = saga.step("charge", effect, f"ch-{order_id}", compensate=undo)
+    shipped = saga.step("ship", effect, f"ship-{order_id}")
+    return [reserved, charged, shipped]
+
+
+def flaky_charge(order_id: str, failures: int) -> str:
+    mark("run")
+    if current_step().attempt <= failures:
+        raise TransientError("card network timeout")
+    return f"ch-{order_id}"
+
+
+def flaky(saga: Saga, order_id: str, failures: int, delay: float) -> str:
+    saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    saga.step("charge", flaky_charge, order_id, failures,
+              retry=Retry(attempts=failures + 1, initial=delay, jitter=False))
+    return f"paid {order_id}"
+
+
+def declined() -> None:
+    mark("run")
+    raise PermanentError("card declined")
+
+
+def doomed(saga: Saga, order_id: str) -> None:
+    saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    saga.step("charge", declined)
+
+
+def slow_work(seconds: float) -> str:
+    mark("start")
+    time.sleep(seconds)
+    mark("run")
+    return "worked"
+
+
+def slow(saga: Saga, order_id: str, seconds: float) -> str:
+    saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    saga.step("work", slow_work, seconds)
+    saga.step("ship", effect, f"ship-{order_id}")
+    return f"shipped {order_id}"
+
+
+def order_key(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def keyed(saga: Saga, order_id: str) -> str:
+    saga.step("charge", effect, f"ch-{order_id}")
+    return f"paid {order_id}"

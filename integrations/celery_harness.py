@@ -1,0 +1,116 @@
+"""Real `celery worker` processes for the conformance suite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CeleryWorker:
+    def __init__(self, env: dict[str, str], concurrency: int, name: str) -> None:
+        self.log = Path(tempfile.mkstemp(prefix=f"kw-{name}-", suffix=".log")[1])
+        command = [
+            sys.executable, "-m", "celery", "-A", "integrations.apps.celery_app", "worker",
+            "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=INFO",
+            "-n", f"{name}@%h", "-Q", env["KW_QUEUE"],
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill() takes all of it
+            )
+        deadline = time.monotonic() + 60
+        while " ready." not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):  # children left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class CeleryHarness:
+    """One broker, one journal namespace, one queue; workers on demand."""
+
+    def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
+        self.lock_ttl = lock_ttl
+        self.namespace = f"kw-{uuid.uuid4().hex[:8]}"
+        self.queue = f"{self.namespace}-q"
+        self.env = {
+            **os.environ,
+            "KW_BROKER_URL": broker_url, "KW_REDIS_URL": redis_url,
+            "KW_NAMESPACE": self.namespace, "KW_QUEUE": self.queue,
+            "KW_LOCK_TTL": str(lock_ttl), "PYTHONPATH": str(ROOT),
+        }
+        self.env.pop("KW_RECOVERY", None)
+        self.app = Celery("kw_client", broker=broker_url, backend=redis_url)
+        self.app.conf.update(task_serializer="json", result_serializer="json",
+                             accept_content=["json"], task_default_queue=self.queue)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.workers: list[CeleryWorker] = []
+
+    def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> CeleryWorker:
+        env = dict(self.env)
+        if recovery is not None:
+            env["KW_RECOVERY"] = str(recovery)
+        worker = CeleryWorker(env, concurrency, f"w{len(self.workers)}-{self.namespace}")
+        self.workers.append(worker)
+        return worker
+
+    def send(self, saga: str, *args: Any, message_id: str | None = None) -> str:
+        return str(self.app.send_task(saga, args=list(args), task_id=message_id).id)
+
+    def send_ordinary(self, tag: str) -> str:
+        return str(self.app.send_task("kw.ordinary", args=[tag]).id)
+
+    def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
+        result = self.app.AsyncResult(message_id)
+        try:
+            value = result.get(timeout=timeout, propagate=False)
+        except Exception as exc:  # a timeout: show what the workers said
+            logs = "\n".join(w.tail() for w in self.workers)
+            raise AssertionError(f"{message_id}: {exc}\n{logs}") from exc
+        return ("success", value) if result.state == "SUCCESS" else ("failure", value)
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(f"{self.namespace}:ledger", 0, -1)]
+
+    def kill_child(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.app.conf.broker_url.startswith("amqp"):
+            with self.app.connection_for_write() as connection:
+                connection.default_channel.queue_delete(self.queue)

@@ -1,0 +1,170 @@
+"""The adapter conformance suite: the same scenarios for every broker adapter.
+
+A harness (one per adapter and broker) starts real worker processes and sends sagas
+from ``integrations/apps/sagas.py`` by name; the scenarios check what users rely on,
+reading the effects ledger every step writes to.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any, Protocol
+
+from kompensa_workers import SagaFailed
+
+
+class Worker(Protocol):
+    def kill(self) -> None:
+        """kill -9 the whole worker: main process and children."""
+
+    def stop(self) -> None:
+        """Stop it the polite way."""
+
+
+class Harness(Protocol):
+    lock_ttl: float
+
+    def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> Worker:
+        """A real worker process, ready to consume."""
+
+    def send(self, saga: str, *args: Any, message_id: str | None = None) -> str:
+        """Enqueue saga ``saga`` (by name); returns the message/task/job id."""
+
+    def send_ordinary(self, tag: str) -> str:
+        """Enqueue a plain task that records ``tag`` in the ledger."""
+
+    def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
+        """("success", value) or ("failure", exception) once the message is done."""
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every effect recorded so far, in order."""
+
+    def kill_child(self, pid: int) -> None:
+        """kill -9 one process that runs tasks (the pool child, or the worker)."""
+
+
+def order() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def entries(harness: Harness, kind: str, key: str) -> list[dict[str, Any]]:
+    """Ledger entries of one kind for one execution."""
+    return [e for e in harness.ledger() if e["kind"] == kind and e.get("key") == key]
+
+
+def runs(harness: Harness, key: str | None = None) -> Counter[str]:
+    """How many times each step's effect happened (for one execution, or all)."""
+    return Counter(
+        e["step"] for e in harness.ledger()
+        if e["kind"] == "run" and (key is None or e.get("key") == key)
+    )
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- scenarios -------------------------------------------------------------------
+
+
+def hundred_sagas_succeed(harness: Harness) -> None:
+    orders = [order() for _ in range(100)]
+    ids = [harness.send("kw.checkout", o) for o in orders]
+    for message_id, o in zip(ids, orders, strict=True):
+        assert harness.outcome(message_id, 120) == (
+            "success", [f"res-{o}", f"ch-{o}", f"ship-{o}"]
+        )
+    mine = set(ids)
+    counts = Counter(
+        (e["key"], e["step"]) for e in harness.ledger()
+        if e["kind"] == "run" and e.get("key") in mine
+    )
+    assert len(counts) == 300 and set(counts.values()) == {1}
+
+
+def retry_waits_in_the_broker_with_the_slot_free(harness: Harness) -> None:
+    # Given a single-slot worker and a saga whose charge fails once, then waits 4 s,
+    o = order()
+    saga_id = harness.send("kw.flaky", o, 1, 4.0)
+    first = wait_for(
+        lambda: [e for e in entries(harness, "run", saga_id) if e["step"] == "charge"],
+        30, "the first charge attempt",
+    )
+    # when an ordinary task arrives during the backoff,
+    plain_id = harness.send_ordinary(f"during-{o}")
+    assert harness.outcome(plain_id, 10) == ("success", f"during-{o}")
+    # then it ran before the retry, and the saga still finished.
+    assert harness.outcome(saga_id, 30) == ("success", f"paid {o}")
+    charges = [e for e in entries(harness, "run", saga_id) if e["step"] == "charge"]
+    [ordinary] = [e for e in harness.ledger() if e.get("tag") == f"during-{o}"]
+    assert [e["attempt"] for e in charges] == [1, 2]
+    assert first[0]["at"] < ordinary["at"] < charges[1]["at"]
+    assert charges[1]["at"] - charges[0]["at"] >= 3.9
+
+
+def permanent_failure_is_compensated(harness: Harness) -> None:
+    o = order()
+    message_id = harness.send("kw.doomed", o)
+    state, error = harness.outcome(message_id, 60)
+    assert state == "failure"
+    assert isinstance(error, SagaFailed), repr(error)
+    assert error.failed_step == "charge"
+    assert type(error.cause).__name__ == "PermanentError"
+    assert "card declined" in str(error)
+    assert [e["step"] for e in entries(harness, "undo", message_id)] == ["reserve"]
+
+
+def duplicate_message_runs_each_step_once(harness: Harness) -> None:
+    o, message_id = order(), f"dup-{order()}"
+    harness.send("kw.checkout", o, message_id=message_id)
+    harness.send("kw.checkout", o, message_id=message_id)
+    assert harness.outcome(message_id, 60) == (
+        "success", [f"res-{o}", f"ch-{o}", f"ship-{o}"]
+    )
+    time.sleep(harness.lock_ttl + 1)  # let the deferred duplicate come back and end
+    assert runs(harness, message_id) == {"reserve": 1, "charge": 1, "ship": 1}
+
+
+def killed_child_resumes_without_rerunning_completed_steps(harness: Harness) -> None:
+    o = order()
+    message_id = harness.send("kw.slow", o, 3.0)
+    started = wait_for(lambda: entries(harness, "start", message_id), 30, "the slow step")
+    harness.kill_child(started[0]["pid"])
+    assert harness.outcome(message_id, 60) == ("success", f"shipped {o}")
+    assert runs(harness, message_id) == {"reserve": 1, "work": 1, "ship": 1}
+    starts = entries(harness, "start", message_id)
+    assert len(starts) == 2 and starts[1]["attempt"] == 2  # the killed attempt counted
+
+
+def killed_worker_is_recovered_within_the_lease(harness: Harness) -> None:
+    doomed_worker = harness.start_worker(concurrency=1, recovery=1.0)
+    o = order()
+    message_id = harness.send("kw.slow", o, 3.0)
+    wait_for(lambda: entries(harness, "start", message_id), 30, "the slow step")
+    survivor = harness.start_worker(concurrency=2, recovery=1.0)
+    try:
+        killed_at = time.monotonic()
+        doomed_worker.kill()
+        assert harness.outcome(message_id, harness.lock_ttl + 10) == ("success", f"shipped {o}")
+        recovered_in = time.monotonic() - killed_at
+        assert recovered_in < harness.lock_ttl + 10
+        assert runs(harness, message_id)["reserve"] == 1
+        assert runs(harness, message_id)["ship"] == 1
+    finally:
+        survivor.stop()
+
+
+def business_key_answers_from_the_journal(harness: Harness) -> None:
+    o = order()
+    first = harness.outcome(harness.send("kw.keyed", o), 60)
+    second = harness.outcome(harness.send("kw.keyed", o), 60)
+    assert first == second == ("success", f"paid {o}")
+    assert runs(harness, f"order-{o}") == {"charge": 1}
