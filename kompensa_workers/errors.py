@@ -58,7 +58,10 @@ class KompensaError(Exception):
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``__str__`` raises."""
+    """``Type: message``, even for an exception whose ``__str__`` raises. A
+    StoredError reads as the exception it stands in for."""
+    if isinstance(exc, StoredError):
+        return f"{exc.type_name.rpartition('.')[2]}: {exc.message}"
     try:
         text = str(exc)
     except Exception:

@@ -1,0 +1,131 @@
+"""The Celery adapter without a worker: sending, eager mode, defaults, and errors
+crossing a JSON result backend (worker behaviour is in integrations/test_celery.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from kompensa_workers import (
+    CompensationFailed,
+    KompensaError,
+    MemoryStore,
+    PermanentError,
+    RedisStore,
+    Retry,
+    Saga,
+    SagaFailed,
+    SerializationError,
+    TransientError,
+)
+from kompensa_workers.celery import default_store, saga_task
+
+
+def app(**conf: Any) -> Celery:
+    celery_app = Celery("unit", broker="memory://", backend="cache+memory://")
+    celery_app.conf.update(task_default_queue="unit", **conf)
+    return celery_app
+
+
+def queued(celery_app: Celery) -> int:
+    with celery_app.connection_for_write() as connection:
+        return int(connection.SimpleQueue("unit").qsize())
+
+
+def test_arguments_are_checked_before_anything_is_sent() -> None:
+    celery_app = app()
+
+    @saga_task(celery_app, store=MemoryStore())
+    def checkout(saga: Saga, order: Any) -> None:
+        saga.step("a", lambda: order)
+
+    with pytest.raises(SerializationError, match="argument 1 of task '.*checkout'"):
+        checkout.delay(object())
+    with pytest.raises(SerializationError, match="keyword argument 'order'"):
+        checkout.s(order={1, object}).apply_async()
+    assert queued(celery_app) == 0
+    checkout.delay("42")
+    assert queued(celery_app) == 1
+
+
+def test_eager_mode_runs_the_saga_in_process_with_retries() -> None:
+    celery_app = app(task_always_eager=True)
+    store = MemoryStore()
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise TransientError("later")
+        return "paid"
+
+    @saga_task(celery_app, store=store, retry=Retry(attempts=3, initial=0.01),
+               key=lambda order: f"order-{order}")
+    def checkout(saga: Saga, order: str) -> str:
+        return saga.step("charge", flaky)  # type: ignore[no-any-return]
+
+    assert checkout.delay("7").get() == "paid"
+    assert checkout.delay("7").get() == "paid"  # the business key: answered from the journal
+    assert calls["n"] == 3
+    assert store.get("order-7").status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_eager_failures_raise_the_saga_error() -> None:
+    celery_app = app(task_always_eager=True)
+
+    @saga_task(celery_app, store=MemoryStore())
+    def doomed(saga: Saga) -> None:
+        saga.step("charge", lambda: (_ for _ in ()).throw(PermanentError("declined")))
+
+    with pytest.raises(SagaFailed, match="declined"):
+        doomed.delay().get()
+
+
+def test_tasks_are_named_like_celery_names_them_and_run_acks_late() -> None:
+    celery_app = app()
+
+    @saga_task(celery_app, store=MemoryStore(), time_limit=60)
+    def checkout(saga: Saga) -> None:
+        """Docstring kept."""
+
+    assert checkout.name == "tests.test_celery_adapter.checkout"
+    assert checkout.acks_late and checkout.reject_on_worker_lost
+    assert checkout.max_retries is None
+    assert checkout.time_limit == 60
+    assert checkout.__doc__ == "Docstring kept."
+
+
+def test_the_default_store_is_the_redis_broker_or_a_clear_error() -> None:
+    redis_app = Celery("r", broker="redis://127.0.0.1:6379/3")
+    store = default_store(redis_app)
+    assert isinstance(store, RedisStore)
+    assert store.client.connection_pool.connection_kwargs["db"] == 3
+    with pytest.raises(KompensaError, match="'amqp', not Redis.*store=RedisStore"):
+        default_store(Celery("a", broker="amqp://guest@localhost//"))
+
+
+class Declined(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@pytest.mark.parametrize("kind", [SagaFailed, CompensationFailed])
+def test_saga_errors_cross_a_json_result_backend_whole(kind: type[SagaFailed]) -> None:
+    error = kind("order-7", "charge", Declined("insufficient_funds"),
+                 [("reserve", ConnectionError("stock API down"))])
+    backend = app().backend
+    stored = json.loads(json.dumps(backend.prepare_exception(error, serializer="json")))
+    back = backend.exception_to_python(stored)
+    assert type(back) is kind
+    assert (back.key, back.failed_step) == ("order-7", "charge")
+    assert str(back) == str(error)
+    assert isinstance(back.cause, Declined) and back.cause.code == "insufficient_funds"
+    [(step, cause)] = back.compensation_errors
+    assert step == "reserve" and isinstance(cause, ConnectionError)
+    copied = copy.deepcopy(error)  # the protocol Celery's pool uses between processes
+    assert (type(copied), copied.key, copied.failed_step) == (kind, "order-7", "charge")
