@@ -129,3 +129,34 @@ def test_saga_errors_cross_a_json_result_backend_whole(kind: type[SagaFailed]) -
     assert step == "reserve" and isinstance(cause, ConnectionError)
     copied = copy.deepcopy(error)  # the protocol Celery's pool uses between processes
     assert (type(copied), copied.key, copied.failed_step) == (kind, "order-7", "charge")
+
+
+def test_a_refused_re_send_requeues_the_message_instead_of_losing_it() -> None:
+    from celery.exceptions import Reject
+
+    celery_app = app()
+
+    @saga_task(celery_app, store=MemoryStore())
+    def checkout(saga: Saga) -> None:
+        pass
+
+    class RefusingSignature:
+        def apply_async(self) -> None:
+            raise ConnectionError("broker connection lost")
+
+    checkout.signature_from_request = lambda *a, **k: RefusingSignature()
+    checkout.push_request(id="t-1", retries=0, delivery_info={})
+    try:
+        with pytest.raises(Reject) as rejected:
+            checkout._send_again(5.0, "lease-token")
+    finally:
+        checkout.pop_request()
+    assert rejected.value.requeue is True
+
+
+def test_the_example_app_imports_without_a_broker() -> None:
+    import importlib
+
+    example = importlib.import_module("examples.celery_checkout")
+    assert example.checkout.name == "examples.celery_checkout.checkout"
+    assert example.checkout.acks_late
