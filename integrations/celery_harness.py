@@ -75,7 +75,8 @@ class CeleryHarness:
         self.env.pop("KW_RECOVERY", None)
         self.app = Celery("kw_client", broker=broker_url, backend=redis_url)
         self.app.conf.update(task_serializer="json", result_serializer="json",
-                             accept_content=["json"], task_default_queue=self.queue)
+                             accept_content=["json"],
+                             task_default_queue=f"{self.queue}-unrouted")
         self.redis = redis.Redis.from_url(redis_url)
         self.workers: list[CeleryWorker] = []
 
@@ -87,11 +88,18 @@ class CeleryHarness:
         self.workers.append(worker)
         return worker
 
-    def send(self, saga: str, *args: Any, message_id: str | None = None) -> str:
-        return str(self.app.send_task(saga, args=list(args), task_id=message_id).id)
+    def send(self, saga: str, *args: Any, message_id: str | None = None,
+             **options: Any) -> str:
+        return str(self.app.send_task(saga, args=list(args), task_id=message_id,
+                                      queue=self.queue, **options).id)
 
     def send_ordinary(self, tag: str) -> str:
-        return str(self.app.send_task("kw.ordinary", args=[tag]).id)
+        return str(self.app.send_task("kw.ordinary", args=[tag], queue=self.queue).id)
+
+    def pause(self, pid: int, seconds: float) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(pid, signal.SIGCONT)
 
     def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
         result = self.app.AsyncResult(message_id)
@@ -113,4 +121,5 @@ class CeleryHarness:
             worker.stop()
         if self.app.conf.broker_url.startswith("amqp"):
             with self.app.connection_for_write() as connection:
-                connection.default_channel.queue_delete(self.queue)
+                for queue in (self.queue, f"{self.queue}-unrouted"):
+                    connection.default_channel.queue_delete(queue)

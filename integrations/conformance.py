@@ -44,6 +44,9 @@ class Harness(Protocol):
     def kill_child(self, pid: int) -> None:
         """kill -9 one process that runs tasks (the pool child, or the worker)."""
 
+    def pause(self, pid: int, seconds: float) -> None:
+        """SIGSTOP a process that runs tasks for ``seconds``, then SIGCONT it."""
+
 
 def order() -> str:
     return uuid.uuid4().hex[:10]
@@ -142,6 +145,18 @@ def killed_child_resumes_without_rerunning_completed_steps(harness: Harness) -> 
     assert runs(harness, message_id) == {"reserve": 1, "work": 1, "ship": 1}
     starts = entries(harness, "start", message_id)
     assert len(starts) == 2 and starts[1]["attempt"] == 2  # the killed attempt counted
+
+
+def paused_worker_past_its_lease_still_finishes(harness: Harness) -> None:
+    # Given a delivery paused mid-step past its lease, with no other delivery around,
+    o = order()
+    message_id = harness.send("kw.slow", o, 1.0)
+    started = wait_for(lambda: entries(harness, "start", message_id), 30, "the slow step")
+    harness.pause(started[0]["pid"], harness.lock_ttl + 1.5)
+    # then its refused write does not strand the saga: it is delivered again.
+    assert harness.outcome(message_id, 60) == ("success", f"shipped {o}")
+    assert runs(harness, message_id)["reserve"] == 1
+    assert runs(harness, message_id)["ship"] == 1
 
 
 def killed_worker_is_recovered_within_the_lease(harness: Harness) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
+
+from kompensa_workers import RedisStore
 
 from . import conformance
 from .celery_harness import CeleryHarness
@@ -79,3 +82,79 @@ def test_retry_waits_in_the_broker_with_the_slot_free(harness: CeleryHarness) ->
 
 def test_killed_worker_is_recovered_within_the_lease(harness: CeleryHarness) -> None:
     conformance.killed_worker_is_recovered_within_the_lease(harness)
+
+
+def test_paused_worker_past_its_lease_still_finishes(harness: CeleryHarness, pool: None) -> None:
+    conformance.paused_worker_past_its_lease_still_finishes(harness)
+
+
+def test_a_hard_time_limit_brings_the_message_back(harness: CeleryHarness, pool: None) -> None:
+    o = conformance.order()
+    message_id = harness.send("kw.limited", o, 4.0)
+    # Celery records the time limit as FAILURE at once; the message comes back and
+    # the saga resumes (reserve is not run again) and ends SUCCESS.
+    conformance.wait_for(
+        lambda: len(conformance.entries(harness, "start", message_id)) >= 2, 30,
+        "the attempt after the time limit",
+    )
+    assert harness.outcome(message_id, 30) == ("success", "done")
+    assert conformance.runs(harness, message_id) == {"reserve": 1, "work": 1}
+
+
+def test_recovery_keeps_the_chain_and_the_queue(harness: CeleryHarness) -> None:
+    doomed = harness.start_worker(concurrency=1, recovery=1.0)
+    o = conformance.order()
+    tail_id = f"tail-{o}"
+    first = harness.app.signature("kw.slow", args=[o, 3.0], queue=harness.queue)
+    second = harness.app.signature("kw.ordinary", args=[], queue=harness.queue,
+                                   task_id=tail_id, immutable=False)
+    head = (first | second).apply_async()
+    head_id = head.parent.id if head.parent is not None else head.id
+    conformance.wait_for(lambda: conformance.entries(harness, "start", head_id), 30,
+                         "the slow step")
+    survivor = harness.start_worker(concurrency=2, recovery=1.0)
+    try:
+        doomed.kill()
+        # The recovered delivery went to the worker's queue and still carries the
+        # chain: the tail receives the saga's result.
+        assert harness.outcome(tail_id, harness.lock_ttl + 15) == ("success", f"shipped {o}")
+    finally:
+        survivor.stop()
+
+
+def test_revoking_a_waiting_saga_cancels_and_compensates_it(
+    harness: CeleryHarness, pool: None
+) -> None:
+    o = conformance.order()
+    message_id = harness.send("kw.flaky", o, 1, 5.0)
+    conformance.wait_for(
+        lambda: [e for e in conformance.entries(harness, "run", message_id)
+                 if e["step"] == "charge"], 30, "the first charge attempt",
+    )
+    harness.app.control.revoke(message_id)
+    conformance.wait_for(
+        lambda: [e["step"] for e in conformance.entries(harness, "undo", message_id)]
+        == ["reserve"], 30, "the reserve to be undone",
+    )
+    store = RedisStore.from_url(harness.env["KW_REDIS_URL"], namespace=harness.namespace)
+    assert conformance.wait_for(
+        lambda: (store.get(message_id).status == "cancelled"), 10, "the cancelled status"
+    )
+
+
+def test_re_sends_keep_the_message_headers(harness: CeleryHarness, pool: None) -> None:
+    message_id = harness.send("kw.tenant", conformance.order(), headers={"tenant": "acme"})
+    assert harness.outcome(message_id, 30) == ("success", "ok")
+    seen = [e.get("tenant") for e in conformance.entries(harness, "run", message_id)]
+    assert seen == ["acme", "acme"]
+
+
+def test_a_duplicate_does_not_fire_callbacks_twice(harness: CeleryHarness, pool: None) -> None:
+    o = conformance.order()
+    message_id, tag = f"dup-{o}", f"linked-{o}"
+    link = harness.app.signature("kw.ordinary", args=[tag], queue=harness.queue, immutable=True)
+    for _ in range(2):
+        harness.send("kw.checkout", o, message_id=message_id, link=link)
+    assert harness.outcome(message_id, 30)[0] == "success"
+    time.sleep(harness.lock_ttl + 2)  # the deferred duplicate comes back and ends
+    assert [e.get("tag") for e in harness.ledger() if e["kind"] == "ordinary"].count(tag) == 1

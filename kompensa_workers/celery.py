@@ -11,9 +11,12 @@ turns its outcome into Celery's terms::
     Busy(after)               the duplicate is sent again with a countdown, no
                               token, and this one ends without touching the state
 
-Saga tasks run with ``acks_late`` and ``reject_on_worker_lost``: a message whose
-worker died comes back. ``recover(app)`` (or :func:`enable_recovery` inside the
-worker) re-sends executions whose message never came back.
+Saga tasks run with ``acks_late``, ``reject_on_worker_lost`` and
+``acks_on_timeout=False``: a message whose worker died, or was killed by a hard time
+limit, comes back. ``recover(app)`` (or :func:`enable_recovery` inside the worker)
+re-sends executions whose message never came back, with the options they were sent
+with. Revoking a saga's task cancels the execution: it is rolled back under a new
+task id (the revoked one would be discarded).
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from typing import Any
 
 try:
     from celery import Celery, Task
+    from celery.backends.base import DisabledBackend
     from celery.exceptions import Ignore, Reject
     from celery.exceptions import Retry as CeleryRetry
-    from celery.signals import worker_ready, worker_shutdown
+    from celery.signals import task_revoked, worker_ready, worker_shutdown
+    from celery.utils import uuid
+    from kombu.utils import json as kombu_json
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "kompensa_workers.celery needs Celery: pip install 'kompensa-workers[celery]'"
@@ -45,6 +51,14 @@ __all__ = ["SagaTask", "enable_recovery", "recover", "saga_task"]
 logger = logging.getLogger("kompensa_workers.celery")
 
 TOKEN_HEADER = "kompensa_lease_token"
+KEY_HEADER = "kompensa_key"  # the execution a rollback-after-revoke message belongs to
+REPORT_WAIT_HEADER = "kompensa_report_wait"  # re-sends spent waiting for the finisher
+# What a delivery was sent with, kept for recovery to send it the same way.
+RESEND_OPTIONS = (
+    "queue", "exchange", "routing_key", "priority", "chain", "link", "link_error",
+    "chord", "group_id", "group_index", "root_id", "parent_id", "time_limit",
+    "soft_time_limit", "headers", "reply_to", "shadow", "ignore_result",
+)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 SagaFunction = Callable[..., Any]
 
@@ -60,6 +74,7 @@ class SagaTask(Task):  # type: ignore[misc]
     saga_max_deliveries: int = DEFAULT_MAX_DELIVERIES
     acks_late = True
     reject_on_worker_lost = True
+    acks_on_timeout = False  # a hard time limit kills the child: bring the message back
     max_retries = None  # retries are the journal's business, not a task counter
 
     def apply_async(
@@ -81,7 +96,7 @@ class SagaTask(Task):  # type: ignore[misc]
         request = self.request
         if request.called_directly or request.is_eager:
             return self._run_in_process(args, kwargs)
-        key = self.saga_key(*args, **kwargs) if self.saga_key else request.id
+        key = self.key_of(request, args, kwargs)
         try:
             outcome = deliver(
                 type(self).saga, args, kwargs, key=key, store=self.journal(),
@@ -90,12 +105,17 @@ class SagaTask(Task):  # type: ignore[misc]
                 dispatch=self._dispatch(args, kwargs), name=self.name,
             )
         except LeaseLost:
-            logger.warning("%s[%s]: superseded by a newer delivery; dropped", self.name, key)
+            # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
+            # again, this message is deferred (Busy) or answered from the journal.
+            logger.warning("%s[%s]: lease lost mid-delivery; sent again", self.name, key)
+            self._send_again(1.0, None)
             raise Ignore() from None
         except StoreUnavailable:
             logger.warning("%s[%s]: journal unreachable; sent again", self.name, key)
             self._send_again(min(self.journal().lock_ttl, 5.0), None)
             raise Ignore() from None
+        if isinstance(outcome, (Finished, Failed)) and outcome.cached and key == request.id:
+            self._leave_reporting_to_the_finisher()
         if isinstance(outcome, Finished):
             return outcome.result
         if isinstance(outcome, Failed):
@@ -107,14 +127,41 @@ class SagaTask(Task):  # type: ignore[misc]
         self._send_again(outcome.after, None)
         raise Ignore()
 
-    def _send_again(self, countdown: float, lease_token: str | None) -> None:
-        """The same task id, later. If the broker refuses it, this message goes back
-        to the queue instead of being lost."""
+    def _leave_reporting_to_the_finisher(self) -> None:
+        """A duplicate of this task id found the saga ended: the delivery that ended
+        it reports the state and fires the callbacks, once. Wait briefly for that
+        report; report here only if it never comes (the finisher died first)."""
+        if self.ignore_result or isinstance(self.backend, DisabledBackend):
+            return
+        if self.AsyncResult(self.request.id).ready():
+            raise Ignore()
+        waited = int(self.request.get(REPORT_WAIT_HEADER) or 0)
+        if waited < 3:
+            self._send_again(1.0, None, {REPORT_WAIT_HEADER: waited + 1})
+            raise Ignore()
+
+    def key_of(self, request: Any, args: Any, kwargs: Any) -> str:
+        """The execution a delivery belongs to."""
+        forced = request.get(KEY_HEADER)
+        if forced:
+            return str(forced)
+        return self.saga_key(*args, **kwargs) if self.saga_key else str(request.id)
+
+    def _send_again(
+        self, countdown: float, lease_token: str | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The same task id, later, with the options and headers it came with (not
+        its absolute ``expires``: a half-done saga must not expire). If the broker
+        refuses it, this message goes back to the queue instead of being lost."""
         request = self.request
-        headers = {TOKEN_HEADER: lease_token} if lease_token else {}
+        headers = {k: v for k, v in (request.headers or {}).items() if k != TOKEN_HEADER}
+        if lease_token:
+            headers[TOKEN_HEADER] = lease_token
+        headers.update(extra or {})
         again = self.signature_from_request(
             request, countdown=max(countdown, 0.0), headers=headers,
-            retries=request.retries + 1,
+            retries=request.retries + 1, expires=None,
         )
         try:
             again.apply_async()
@@ -122,20 +169,28 @@ class SagaTask(Task):  # type: ignore[misc]
             raise Reject(exc, requeue=True) from exc
 
     def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        info = self.request.delivery_info or {}
-        options = {
-            name: info[name] for name in ("exchange", "routing_key", "priority")
-            if info.get(name) not in (None, "")
+        """How recovery sends this delivery again: Celery's own routing of a retry
+        (queue, exchange), and the chain, callbacks, limits and headers it carried."""
+        options = self.signature_from_request(self.request, args, kwargs).options
+        kept = {
+            name: options[name] for name in RESEND_OPTIONS
+            if options.get(name) not in (None, "", [], {})
         }
+        headers = {k: v for k, v in (kept.pop("headers", None) or {}).items()
+                   if k != TOKEN_HEADER}
+        if headers:
+            kept["headers"] = headers
         return {
             "broker": "celery", "task": self.name, "id": self.request.id,
-            "args": list(args), "kwargs": kwargs, "options": options,
+            "args": list(args), "kwargs": kwargs,
+            # Signatures are dict subclasses: keep plain JSON data.
+            "options": kombu_json.loads(kombu_json.dumps(kept)),  # type: ignore[no-untyped-call]
         }
 
     def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``task_always_eager`` / a direct call: run to the end here, sleeping
         through retry delays like the in-process runner."""
-        key = self.saga_key(*args, **kwargs) if self.saga_key else self.request.id
+        key = self.key_of(self.request, args, kwargs)
         runner = SagaRunner(
             self.journal(), lock_wait=self.journal().lock_ttl, lock_ttl=self.saga_lock_ttl,
             max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
@@ -212,6 +267,28 @@ def recover(app: Celery, store: Store | None = None, *, limit: int = 100) -> int
         logger.info("recovered %s[%s] as task %s", dispatch["task"], key, dispatch["id"])
         sent += 1
     return sent
+
+
+def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A revoked saga task is cancelled: its execution rolls back under a new task id
+    (workers discard the revoked one)."""
+    if not isinstance(sender, SagaTask) or request is None:
+        return
+    args, kwargs = list(request.args or ()), dict(request.kwargs or {})
+    key = sender.key_of(request, args, kwargs)
+    try:
+        if sender.journal().cancel(key):
+            headers = {k: v for k, v in (request.headers or {}).items() if k != TOKEN_HEADER}
+            sender.signature_from_request(  # routed like the revoked message
+                request, args, kwargs, task_id=uuid(), expires=None,
+                headers={**headers, KEY_HEADER: key},
+            ).apply_async()
+            logger.info("%s[%s]: revoked, so cancelled and rolled back", sender.name, key)
+    except Exception:
+        logger.exception("%s[%s]: revoked, but cancelling it failed", sender.name, key)
+
+
+task_revoked.connect(_cancel_revoked, weak=False)
 
 
 def enable_recovery(

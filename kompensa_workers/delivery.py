@@ -21,7 +21,7 @@ TTL, and the execution resumes once the code matches again (or, after
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._signals import (
@@ -68,16 +68,19 @@ DEFAULT_MAX_DELIVERIES = 10
 
 @dataclass(frozen=True)
 class Finished:
-    """The execution succeeded; ``result`` is the saga function's return value."""
+    """The execution succeeded; ``result`` is the saga function's return value.
+    ``cached``: it had ended before this delivery, which ran nothing."""
 
     result: Any
+    cached: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The execution ended without a result."""
+    """The execution ended without a result (``cached`` as for Finished)."""
 
     error: SagaError
+    cached: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def deliver(
     if claim.state == "terminal":
         hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True))
         error = execution.exception()
-        return Failed(error) if error else Finished(execution.result)
+        return Failed(error, cached=True) if error else Finished(execution.result, cached=True)
     assert claim.lease is not None
     run = ExecutionRun(
         store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock,

@@ -54,7 +54,21 @@ __all__ = [
 
 
 class KompensaError(Exception):
-    """Base class of every exception this library raises."""
+    """Base class of every exception this library raises.
+
+    Subclasses keep their constructor arguments as ``args`` (plain data) and their
+    text apart, so ``type(e)(*e.args)`` rebuilds them: they cross a JSON result
+    backend, a process boundary or the journal with their attributes intact.
+    """
+
+    _message: str | None = None
+
+    def _explain(self, message: str, *args: Any) -> None:
+        Exception.__init__(self, *args)
+        self._message = message
+
+    def __str__(self) -> str:
+        return self._message if self._message is not None else super().__str__()
 
 
 def describe(exc: BaseException) -> str:
@@ -81,7 +95,7 @@ class StepTimeout(KompensaError):
     """An attempt of a step was still running when its ``timeout`` elapsed."""
 
     def __init__(self, step: str, timeout: float) -> None:
-        super().__init__(f"step {step!r} timed out after {timeout:g}s")
+        self._explain(f"step {step!r} timed out after {timeout:g}s", step, timeout)
         self.step = step
         self.timeout = timeout
 
@@ -89,11 +103,17 @@ class StepTimeout(KompensaError):
 class StepFailed(KompensaError):
     """A step failed for good; raised inside the saga function at the step call."""
 
-    def __init__(self, step: str, attempts: int, cause: BaseException) -> None:
-        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {describe(cause)}")
+    def __init__(
+        self, step: str, attempts: int, cause: BaseException | Mapping[str, Any]
+    ) -> None:
+        restored = _as_exception(cause) or StoredError("unknown", "")
+        self._explain(
+            f"step {step!r} failed after {attempts} attempt(s): {describe(restored)}",
+            step, attempts, _as_data(restored),
+        )
         self.step = step
         self.attempts = attempts
-        self.cause = cause
+        self.cause = restored
 
 
 
@@ -174,9 +194,10 @@ class IdempotencyConflict(KompensaError):
     """The idempotency key was already used with different arguments."""
 
     def __init__(self, key: str, saga: str) -> None:
-        super().__init__(
+        self._explain(
             f"idempotency key {key!r} was already used by saga {saga!r} with "
-            "different arguments; nothing was run"
+            "different arguments; nothing was run",
+            key, saga,
         )
         self.key = key
         self.saga = saga
@@ -186,9 +207,10 @@ class NonDeterminismError(KompensaError):
     """Replay reached a different step than the journal recorded at that point."""
 
     def __init__(self, key: str, position: int, expected: str, called: str) -> None:
-        super().__init__(
+        self._explain(
             f"saga {key!r}: call #{position + 1} is {called!r} but the journal "
-            f"recorded {expected!r} there; code between steps must be deterministic"
+            f"recorded {expected!r} there; code between steps must be deterministic",
+            key, position, expected, called,
         )
         self.key = key
         self.position = position
@@ -200,9 +222,10 @@ class DuplicateStepName(KompensaError, ValueError):
     """A step name was used twice in one execution."""
 
     def __init__(self, key: str, step: str) -> None:
-        super().__init__(
+        self._explain(
             f"saga {key!r}: step name {step!r} is used twice; names must be unique "
-            "within one execution (in loops use e.g. f'email-{i}')"
+            "within one execution (in loops use e.g. f'email-{i}')",
+            key, step,
         )
         self.key = key
         self.step = step
@@ -212,10 +235,11 @@ class DeliveryLimitExceeded(KompensaError):
     """Deliveries in a row ended without recording anything: a poison execution."""
 
     def __init__(self, key: str, deliveries: int, max_deliveries: int) -> None:
-        super().__init__(
+        self._explain(
             f"saga {key!r} was delivered {deliveries} times in a row without "
             f"recording progress (max_deliveries={max_deliveries}); a worker crash, "
-            "OOM kill or time limit keeps ending it, so it is failed and rolled back"
+            "OOM kill or time limit keeps ending it, so it is failed and rolled back",
+            key, deliveries, max_deliveries,
         )
         self.key = key
         self.deliveries = deliveries
@@ -226,9 +250,10 @@ class SagaBusy(KompensaError):
     """Another worker holds the lease of this execution."""
 
     def __init__(self, key: str, retry_after: float) -> None:
-        super().__init__(
+        self._explain(
             f"saga {key!r} is being run by another worker; "
-            f"its lease frees in {retry_after:.3g}s"
+            f"its lease frees in {retry_after:.3g}s",
+            key, retry_after,
         )
         self.key = key
         self.retry_after = retry_after
@@ -239,7 +264,7 @@ class LeaseLost(KompensaError):
 
     def __init__(self, key: str, detail: str = "") -> None:
         text = f"lease on saga {key!r} was lost; this worker's writes are refused"
-        super().__init__(f"{text} ({detail})" if detail else text)
+        self._explain(f"{text} ({detail})" if detail else text, key, detail)
         self.key = key
 
 
@@ -247,10 +272,10 @@ class SerializationError(KompensaError, TypeError):
     """A value cannot be encoded for the journal, or a stored record cannot be read."""
 
     def __init__(
-        self, message: str, *, step: str | None = None, type_name: str | None = None
+        self, message: str, step: str | None = None, type_name: str | None = None
     ) -> None:
         where = f"step {step!r}: " if step else ""
-        super().__init__(where + message)
+        self._explain(where + message, message, step, type_name)
         self.step = step
         self.type_name = type_name
 
@@ -263,10 +288,13 @@ class StoreUnavailable(KompensaError):
     """
 
     def __init__(
-        self, key: str, waited: float, cause: BaseException, *, detail: str = ""
+        self, key: str, waited: float, cause: BaseException | str, detail: str = ""
     ) -> None:
-        reason = detail or f"no answer within {waited:g}s: {describe(cause)}"
-        super().__init__(f"store unreachable for {key!r}: {reason}")
+        cause_text = cause if isinstance(cause, str) else describe(cause)
+        reason = detail or f"no answer within {waited:g}s: {cause_text}"
+        self._explain(
+            f"store unreachable for {key!r}: {reason}", key, waited, cause_text, detail
+        )
         self.key = key
         self.waited = waited
 
@@ -275,7 +303,7 @@ class StoredError(KompensaError):
     """A journaled exception whose original type cannot be restored in this process."""
 
     def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
-        super().__init__(f"{type_name}: {message}")
+        self._explain(f"{type_name}: {message}", type_name, message, traceback)
         self.type_name = type_name
         self.message = message
         self.traceback = traceback

@@ -50,6 +50,7 @@ class MemoryStore:
         self._expires: dict[str, float] = {}
         self._leases: dict[str, _HeldLease] = {}
         self._held_back: dict[str, float] = {}  # recovery already re-dispatched it
+        self._recoveries: dict[str, int] = {}  # re-dispatches since the last claim
         self._mutex = threading.Lock()
 
     def claim(
@@ -99,6 +100,8 @@ class MemoryStore:
             )
             if dispatch is not None:
                 fields["dispatch"] = dispatch
+            self._recoveries.pop(key, None)
+            self._held_back.pop(key, None)
             token = secrets.token_hex(16)
             self._leases[key] = _HeldLease(token, fence, now + lock_ttl)
             return Claim(
@@ -163,12 +166,14 @@ class MemoryStore:
         with self._mutex:
             return self._due(limit, self._clock.time())
 
-    def take_due(self, limit: int, hold: float) -> list[str]:
+    def take_due(self, limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
         with self._mutex:
             now = self._clock.time()
             keys = self._due(limit, now)
             for key in keys:
-                self._held_back[key] = now + hold
+                sent = self._recoveries.get(key, 0) + 1
+                self._recoveries[key] = sent
+                self._held_back[key] = now + min(hold * 2 ** (sent - 1), max_hold)
             return keys
 
     def _due(self, limit: int, now: float) -> list[str]:

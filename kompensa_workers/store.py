@@ -146,10 +146,11 @@ class Store(Protocol):
         died, or their delayed message never came back), oldest first."""
         ...
 
-    def take_due(self, limit: int, hold: float) -> list[str]:
+    def take_due(self, limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
         """Like :meth:`due`, and each returned execution is held back from the next
-        ``take_due`` for ``hold`` seconds (so concurrent recoverers do not both
-        re-dispatch it)."""
+        ``take_due`` for ``hold * 2**(n-1)`` seconds (at most ``max_hold``), n counting
+        re-dispatches since its last claim: concurrent recoverers do not both send
+        it, and a backed-up queue is not flooded with copies."""
         ...
 
 

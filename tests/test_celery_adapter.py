@@ -160,3 +160,29 @@ def test_the_example_app_imports_without_a_broker() -> None:
     example = importlib.import_module("examples.celery_checkout")
     assert example.checkout.name == "examples.celery_checkout.checkout"
     assert example.checkout.acks_late
+
+
+def test_recovery_keeps_how_the_delivery_was_routed_and_chained() -> None:
+    celery_app = app()
+
+    @saga_task(celery_app, store=MemoryStore())
+    def checkout(saga: Saga, order: str) -> None:
+        pass
+
+    tail = celery_app.signature("shop.after", args=[], immutable=True)
+    checkout.push_request(
+        id="t-1", retries=0, args=["42"], kwargs={},
+        delivery_info={"exchange": "", "routing_key": "sagas-eu"},
+        headers={"tenant": "acme", "kompensa_lease_token": "old"},
+        chain=[dict(tail)], timelimit=(30, 20),
+    )
+    try:
+        dispatch = checkout._dispatch(("42",), {})
+    finally:
+        checkout.pop_request()
+    options = dispatch["options"]
+    assert dispatch["id"] == "t-1" and dispatch["args"] == ["42"]
+    assert options["queue"] == "sagas-eu"
+    assert options["headers"] == {"tenant": "acme"}  # never the lease token
+    assert options["chain"][0]["task"] == "shop.after"
+    assert (options["time_limit"], options["soft_time_limit"]) == (30, 20)

@@ -287,9 +287,20 @@ def test_dispatch_is_kept_and_take_due_holds_back_what_it_returns(store: Any) ->
                 at=time.time(), dispatch=encode(sent))
     assert store.get("k").dispatch == sent
     time.sleep(TTL + 0.05)
-    assert store.take_due(10, hold=5.0) == ["k"]
-    assert store.take_due(10, hold=5.0) == []  # another recoverer finds nothing
+    assert store.take_due(10, hold=0.2) == ["k"]
+    assert store.take_due(10, hold=0.2) == []  # another recoverer finds nothing
     assert store.due() == []
+    time.sleep(0.25)
+    assert store.take_due(10, hold=0.2) == ["k"]  # not claimed since: sent again...
+    time.sleep(0.25)
+    assert store.take_due(10, hold=0.2) == []  # ...but the hold doubles each time
+    time.sleep(0.2)
+    assert store.take_due(10, hold=0.2) == ["k"]
+    # A claim (the re-sent message arrived) starts the count afresh.
+    granted = claim(store)
+    store.release("k", granted.lease)
+    assert store.take_due(10, hold=0.2) == ["k"]
+    assert store.take_due(10, hold=0.2) == []
 
 
 def test_the_default_retry_policy_applies_to_steps_that_name_none(store: Any) -> None:

@@ -20,7 +20,8 @@ app.conf.update(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
-    task_default_queue=os.environ["KW_QUEUE"],
+    # Not the queue the workers consume: a re-send that lost its routing is lost.
+    task_default_queue=os.environ["KW_QUEUE"] + "-unrouted",
     worker_prefetch_multiplier=1,
     result_expires=600,
     broker_connection_retry_on_startup=True,
@@ -33,6 +34,8 @@ flaky = saga_task(app, store=store, name="kw.flaky")(sagas.flaky)
 doomed = saga_task(app, store=store, name="kw.doomed")(sagas.doomed)
 slow = saga_task(app, store=store, name="kw.slow")(sagas.slow)
 keyed = saga_task(app, store=store, name="kw.keyed", key=sagas.order_key)(sagas.keyed)
+limited = saga_task(app, store=store, name="kw.limited", time_limit=2)(sagas.overrun_once)
+tenant = saga_task(app, store=store, name="kw.tenant")(sagas.tenant)
 
 
 @app.task(name="kw.ordinary")

@@ -103,3 +103,32 @@ def order_key(order_id: str) -> str:
 def keyed(saga: Saga, order_id: str) -> str:
     saga.step("charge", effect, f"ch-{order_id}")
     return f"paid {order_id}"
+
+
+def overrun(seconds: float) -> str:
+    mark("start")
+    if current_step().attempt == 1:
+        time.sleep(seconds)  # past the task's hard time limit: the child is killed
+    mark("run")
+    return "done"
+
+
+def overrun_once(saga: Saga, order_id: str, seconds: float) -> str:
+    saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    return saga.step("work", overrun, seconds)  # type: ignore[no-any-return]
+
+
+def headers_seen(failures: int) -> str:
+    from celery import current_task
+
+    request = current_task.request
+    mark("run", tenant=(request.headers or {}).get("tenant"))
+    if current_step().attempt <= failures:
+        raise TransientError("later")
+    return "ok"
+
+
+def tenant(saga: Saga, order_id: str) -> str:
+    """A saga that reports the message headers each attempt sees (Celery only)."""
+    return saga.step("charge", headers_seen, 1,  # type: ignore[no-any-return]
+                     retry=Retry(attempts=2, initial=0.5, jitter=False))

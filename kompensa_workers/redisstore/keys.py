@@ -33,6 +33,11 @@ def lock_key(namespace: str, key: str) -> str:
     return f"{namespace}:{{{_escape(key)}}}:lock"
 
 
+def recovered_key(namespace: str) -> str:
+    """The hash counting re-dispatches of each execution since its last claim."""
+    return f"{namespace}:recovered"
+
+
 def index_key(namespace: str) -> str:
     """The zset of non-terminal executions by lease deadline (for recovery)."""
     return f"{namespace}:index"

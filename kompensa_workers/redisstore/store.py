@@ -14,7 +14,7 @@ from redis.retry import Retry as RedisRetry
 from ..errors import KompensaError, LeaseLost, SerializationError, StoreUnavailable
 from ..records import Execution
 from ..store import Claim, JournalWrite, Lease, execution_from_fields
-from .keys import index_key, journal_key, lock_key, validate_namespace
+from .keys import index_key, journal_key, lock_key, recovered_key, validate_namespace
 from .redlock import Redlock
 from .scripts import register
 
@@ -72,6 +72,7 @@ class RedisStore:
         self.write_timeout = lock_ttl / 2 if write_timeout is None else write_timeout
         self._scripts = register(client)
         self._index = index_key(self.namespace)
+        self._recovered = recovered_key(self.namespace)
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout: float = 5.0, **options: Any) -> RedisStore:
@@ -111,6 +112,7 @@ class RedisStore:
             "claim", key,
             [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
              dispatch or b""],
+            extra_keys=[self._recovered],
         )
         state = reply[0].decode()
         if state == "busy":
@@ -179,9 +181,11 @@ class RedisStore:
         )
         return [k.decode() for k in keys]
 
-    def take_due(self, limit: int, hold: float) -> list[str]:
+    def take_due(self, limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
         keys = self._retrying(
-            lambda: self._scripts["take_due"](keys=[self._index], args=[limit, _ms(hold)]),
+            lambda: self._scripts["take_due"](
+                keys=[self._index, self._recovered], args=[limit, _ms(hold), _ms(max_hold)]
+            ),
             "index",
         )
         return [k.decode() for k in keys]
@@ -189,11 +193,18 @@ class RedisStore:
     # -- plumbing ----------------------------------------------------------------
 
     def _script(
-        self, name: str, key: str, args: Sequence[Any], *, index: bool = True
+        self,
+        name: str,
+        key: str,
+        args: Sequence[Any],
+        *,
+        index: bool = True,
+        extra_keys: Sequence[str] = (),
     ) -> Any:
         keys = [journal_key(self.namespace, key)]
         if index:
             keys.append(self._index)
+        keys.extend(extra_keys)
         return self._retrying(lambda: self._scripts[name](keys=keys, args=list(args)), key)
 
     def _retrying(self, call: Callable[[], T], key: str) -> T:

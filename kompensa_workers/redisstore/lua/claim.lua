@@ -6,6 +6,7 @@
 --
 -- KEYS[1] - the execution's journal hash
 -- KEYS[2] - the recovery index (zset: execution key -> lease deadline, ms)
+-- KEYS[3] - re-dispatches since the last claim (hash; a grant clears the count)
 -- ARGV[1] - execution key (its member in the index)
 -- ARGV[2] - saga name
 -- ARGV[3] - fingerprint of the arguments
@@ -67,4 +68,5 @@ if ARGV[9] ~= '' then
 end
 redis.call('PERSIST', journal)
 redis.call('ZADD', index, now + ttl, key)
+redis.call('HDEL', KEYS[3], key)
 return {'granted', 0, redis.call('HGETALL', journal)}
