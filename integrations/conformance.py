@@ -19,6 +19,9 @@ class Worker(Protocol):
     def kill(self) -> None:
         """kill -9 the whole worker: main process and children."""
 
+    def kill_main(self) -> None:
+        """kill -9 the worker's main process only (its children are orphaned)."""
+
     def stop(self) -> None:
         """Stop it the polite way."""
 
@@ -159,7 +162,9 @@ def paused_worker_past_its_lease_still_finishes(harness: Harness) -> None:
     assert runs(harness, message_id)["ship"] == 1
 
 
-def killed_worker_is_recovered_within_the_lease(harness: Harness) -> None:
+def killed_worker_is_recovered_within_the_lease(harness: Harness, *, whole: bool = True) -> None:
+    """``whole``: the machine dies (main process and children); else only the main
+    process is killed and its children are orphaned mid-step."""
     doomed_worker = harness.start_worker(concurrency=1, recovery=1.0)
     o = order()
     message_id = harness.send("kw.slow", o, 3.0)
@@ -167,7 +172,10 @@ def killed_worker_is_recovered_within_the_lease(harness: Harness) -> None:
     survivor = harness.start_worker(concurrency=2, recovery=1.0)
     try:
         killed_at = time.monotonic()
-        doomed_worker.kill()
+        if whole:
+            doomed_worker.kill()
+        else:
+            doomed_worker.kill_main()
         assert harness.outcome(message_id, harness.lock_ttl + 10) == ("success", f"shipped {o}")
         recovered_in = time.monotonic() - killed_at
         assert recovered_in < harness.lock_ttl + 10
@@ -175,6 +183,7 @@ def killed_worker_is_recovered_within_the_lease(harness: Harness) -> None:
         assert runs(harness, message_id)["ship"] == 1
     finally:
         survivor.stop()
+        doomed_worker.stop()  # orphans of a main-only kill, if still around
 
 
 def business_key_answers_from_the_journal(harness: Harness) -> None:

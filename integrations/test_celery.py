@@ -84,6 +84,10 @@ def test_killed_worker_is_recovered_within_the_lease(harness: CeleryHarness) -> 
     conformance.killed_worker_is_recovered_within_the_lease(harness)
 
 
+def test_killed_main_process_is_recovered_within_the_lease(harness: CeleryHarness) -> None:
+    conformance.killed_worker_is_recovered_within_the_lease(harness, whole=False)
+
+
 def test_paused_worker_past_its_lease_still_finishes(harness: CeleryHarness, pool: None) -> None:
     conformance.paused_worker_past_its_lease_still_finishes(harness)
 
