@@ -22,6 +22,7 @@ task id (the revoked one would be discarded).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,9 +40,20 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.celery needs Celery: pip install 'kompensa-workers[celery]'"
     ) from exc
 
+from ._check import count, instance, number
+from ._check import store as check_store
 from .codec import check_arguments
-from .delivery import DEFAULT_MAX_DELIVERIES, Busy, Failed, Finished, RetryLater, deliver
+from .delivery import (
+    DEFAULT_MAX_DELIVERIES,
+    Busy,
+    Failed,
+    Finished,
+    RetryLater,
+    deliver,
+    saga_name,
+)
 from .errors import KompensaError, LeaseLost, StoreUnavailable
+from .flow import Flow
 from .retry import Retry
 from .runner import SagaRunner
 from .store import Store
@@ -216,15 +228,31 @@ def saga_task(
     ``app.task`` (``name``, ``queue``, ``time_limit``, ...).
     """
 
+    if not isinstance(app, Celery):
+        hint = " (write @saga_task(app), not @saga_task)" if callable(app) else ""
+        raise TypeError(f"saga_task: app must be a Celery app, got {app!r}{hint}")
+    if key is not None and not callable(key):
+        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
+    instance("saga_task", "retry", retry, Retry)
+    check_store("saga_task", store)
+    count("saga_task", "max_deliveries", max_deliveries)
+    if lock_ttl is not None:
+        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+
     def decorator(fn: SagaFunction) -> SagaTask:
         if not callable(fn):
-            raise TypeError(f"saga_task decorates a saga function, got {fn!r}")
-        name = task_options.pop("name", None) or app.gen_task_name(fn.__name__, fn.__module__)
+            raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
+        label = getattr(fn, "__name__", None) or saga_name(fn)
+        name = task_options.pop("name", None) or (
+            saga_name(fn) if isinstance(fn, Flow)
+            else app.gen_task_name(label, getattr(fn, "__module__", None) or "__main__")
+        )
 
         def run(self: SagaTask, *args: Any, **kwargs: Any) -> Any:
             return self.run_saga(args, kwargs)
 
-        run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        run.__name__ = run.__qualname__ = re.sub(r"\W", "_", label) or "saga"
+        run.__doc__ = getattr(fn, "__doc__", None)
         return app.task(  # type: ignore[no-any-return]
             bind=True, base=SagaTask, name=name, typing=False,
             saga=staticmethod(fn), saga_key=staticmethod(key) if key else None,

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._check import count, instance, number
 from ._signals import (
     Abort,
     CancelRequested,
@@ -136,14 +137,21 @@ def deliver(
     needs to send this delivery again (task name, message id, arguments). ``name``
     overrides the saga name journaled (adapters pass their task name).
     """
+    if not callable(fn):
+        raise TypeError(f"deliver: the saga function must be callable, got {fn!r}")
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"deliver: args must be a tuple or list, got {args!r}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"deliver: kwargs must be a mapping, got {kwargs!r}")
     if not isinstance(key, str) or not key:
         raise ValueError(f"an idempotency key must be a non-empty str, got {key!r}")
     if not is_utf8(key):
         raise ValueError(f"an idempotency key must be valid UTF-8 text, got {key!r}")
-    if max_deliveries < 1:
-        raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries!r}")
-    if lock_ttl is not None and lock_ttl <= 0:
-        raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
+    count("deliver", "max_deliveries", max_deliveries)
+    if lock_ttl is not None:
+        number("deliver", "lock_ttl", lock_ttl, inclusive=False)
+    instance("deliver", "retry", retry, Retry)
+    args = tuple(args)
     kwargs = dict(kwargs or {})
     clock = clock or SYSTEM_CLOCK
     hook = dispatcher(hooks)

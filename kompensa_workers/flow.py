@@ -81,6 +81,8 @@ class Flow:
         self, name: str, steps: Sequence[Step], *, fail_fast: bool = True
     ) -> Flow:
         """A new Flow with a group of concurrent steps appended."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a group name must be a non-empty str, got {name!r}")
         children = tuple(steps)
         if not children or not all(isinstance(s, Step) for s in children):
             raise TypeError(f"Flow.parallel({name!r}) takes a non-empty list of Step")
@@ -129,11 +131,11 @@ class Flow:
 
 
 def _bind(spec: Step, ctx: FlowContext) -> Step:
-    """The spec with ``fn`` closed over the flow context."""
-    fn = spec.fn
+    """The spec with ``fn`` closed over the flow context (its own arguments follow)."""
+    fn, args, kwargs = spec.fn, spec.args, spec.kwargs
     return Step(
         spec.name,
-        lambda: fn(ctx),
+        lambda: fn(ctx, *args, **kwargs),
         compensate=spec.compensate,
         retry=spec.retry,
         timeout=spec.timeout,

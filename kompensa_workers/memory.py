@@ -10,6 +10,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
+from ._check import count, number
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import LeaseLost
 from .records import EXPIRING, TERMINAL, Execution
@@ -40,11 +41,9 @@ class MemoryStore:
         clock: Clock | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
-        if lock_ttl <= 0:
-            raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
-        self.lock_ttl = lock_ttl
-        self.retention = retention
-        self.max_value_bytes = max_value_bytes
+        self.lock_ttl = number("MemoryStore", "lock_ttl", lock_ttl, inclusive=False)
+        self.retention = number("MemoryStore", "retention", retention, inclusive=False)
+        self.max_value_bytes = count("MemoryStore", "max_value_bytes", max_value_bytes)
         self._clock = clock or SYSTEM_CLOCK
         self._journals: dict[str, dict[str, bytes]] = {}
         self._expires: dict[str, float] = {}

@@ -113,7 +113,11 @@ class StepRecord:
             ],
             "delays": list(self.delays),
         }
-        return encode(wire, step=self.name, what="result")
+        try:
+            return encode(wire)
+        except SerializationError:
+            encode(self.result, step=self.name, what="result")  # names the part
+            raise
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StepRecord:

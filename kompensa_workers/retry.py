@@ -48,7 +48,8 @@ class Retry:
             )
         for name in ("initial", "max_delay"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or value != value or value < 0):
                 raise ValueError(f"Retry.{name} must be a number >= 0, got {value!r}")
         if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
             raise ValueError(
@@ -61,6 +62,9 @@ class Retry:
                 f"Retry.jitter must be a bool or a float in 0..1, got {self.jitter!r}"
             )
         retry_on = self.retry_on
+        if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+            retry_on = (retry_on,)  # retry_on=KeyError means "retry on KeyError"
+            object.__setattr__(self, "retry_on", retry_on)
         if not (
             retry_on is None
             or callable(retry_on)

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._check import count, instance, number
+from ._check import store as check_store
 from .clock import SYSTEM_CLOCK, Clock
 from .delivery import (
     DEFAULT_MAX_DELIVERIES,
@@ -50,10 +52,13 @@ class SagaRunner:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         retry: Retry | None = None,
     ) -> None:
-        if lock_wait < 0:
-            raise ValueError(f"lock_wait must be >= 0 seconds, got {lock_wait!r}")
-        if max_deliveries < 1:
-            raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries!r}")
+        owner = "SagaRunner"
+        lock_wait = number(owner, "lock_wait", lock_wait)
+        count(owner, "max_deliveries", max_deliveries)
+        if lock_ttl is not None:
+            number(owner, "lock_ttl", lock_ttl, inclusive=False)
+        instance(owner, "retry", retry, Retry)
+        check_store(owner, store)
         self.clock = clock or SYSTEM_CLOCK
         self.store: Store = store if store is not None else MemoryStore(clock=self.clock)
         self.lock_wait = lock_wait

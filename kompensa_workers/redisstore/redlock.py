@@ -72,6 +72,11 @@ class Redlock:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         for client in masters:
+            if not isinstance(client, redis.Redis):
+                raise TypeError(
+                    f"Redlock: clients must be redis.Redis, got {client!r}; for URLs "
+                    "use Redlock.from_urls([...])"
+                )
             if client.get_connection_kwargs().get("socket_timeout") is None:
                 raise ValueError(
                     "Redlock clients need a socket_timeout (a hung master would hold "

@@ -11,6 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
+from .._check import count, instance, number
 from ..errors import KompensaError, LeaseLost, SerializationError, StoreUnavailable
 from ..records import Execution
 from ..store import Claim, JournalWrite, Lease, execution_from_fields
@@ -52,17 +53,22 @@ class RedisStore:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         write_timeout: float | None = None,
     ) -> None:
+        if not isinstance(client, redis.Redis):
+            raise TypeError(
+                f"RedisStore: client must be a redis.Redis, got {client!r}; for a URL "
+                "use RedisStore.from_url(url)"
+            )
+        instance("RedisStore", "lock", lock, Redlock, "build one with Redlock.from_urls")
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError(
                 "RedisStore needs a client with decode_responses=False: journal "
                 "values are binary msgpack"
             )
-        if lock_ttl <= 0:
-            raise ValueError(f"lock_ttl must be > 0 seconds, got {lock_ttl!r}")
-        if retention <= 0:
-            raise ValueError(f"retention must be > 0 seconds, got {retention!r}")
-        if max_value_bytes < 1:
-            raise ValueError(f"max_value_bytes must be >= 1, got {max_value_bytes!r}")
+        number("RedisStore", "lock_ttl", lock_ttl, inclusive=False)
+        number("RedisStore", "retention", retention, inclusive=False)
+        count("RedisStore", "max_value_bytes", max_value_bytes)
+        if write_timeout is not None:
+            number("RedisStore", "write_timeout", write_timeout)
         self.client = client
         self.namespace = validate_namespace(namespace)
         self.lock_ttl = float(lock_ttl)
