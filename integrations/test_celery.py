@@ -101,6 +101,11 @@ def test_a_hard_time_limit_brings_the_message_back(harness: CeleryHarness, pool:
         lambda: len(conformance.entries(harness, "start", message_id)) >= 2, 30,
         "the attempt after the time limit",
     )
+    # The FAILURE stored at the time limit is ready at once: wait for the final state.
+    conformance.wait_for(
+        lambda: harness.app.AsyncResult(message_id).state == "SUCCESS", 30,
+        "the resumed saga to report SUCCESS",
+    )
     assert harness.outcome(message_id, 30) == ("success", "done")
     assert conformance.runs(harness, message_id) == {"reserve": 1, "work": 1}
 
