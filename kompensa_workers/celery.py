@@ -167,7 +167,7 @@ class SagaTask(Task):  # type: ignore[misc]
         its absolute ``expires``: a half-done saga must not expire). If the broker
         refuses it, this message goes back to the queue instead of being lost."""
         request = self.request
-        headers = {k: v for k, v in (request.headers or {}).items() if k != TOKEN_HEADER}
+        headers = _without_token(request.headers)
         if lease_token:
             headers[TOKEN_HEADER] = lease_token
         headers.update(extra or {})
@@ -188,8 +188,7 @@ class SagaTask(Task):  # type: ignore[misc]
             name: options[name] for name in RESEND_OPTIONS
             if options.get(name) not in (None, "", [], {})
         }
-        headers = {k: v for k, v in (kept.pop("headers", None) or {}).items()
-                   if k != TOKEN_HEADER}
+        headers = _without_token(kept.pop("headers", None))
         if headers:
             kept["headers"] = headers
         return {
@@ -208,6 +207,11 @@ class SagaTask(Task):  # type: ignore[misc]
             max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
         )
         return runner.run(type(self).saga, *args, idempotency_key=key, **kwargs)
+
+
+def _without_token(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A message's headers minus a lease token, which belongs to one delivery only."""
+    return {k: v for k, v in (headers or {}).items() if k != TOKEN_HEADER}
 
 
 def saga_task(
@@ -306,7 +310,7 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     key = sender.key_of(request, args, kwargs)
     try:
         if sender.journal().cancel(key):
-            headers = {k: v for k, v in (request.headers or {}).items() if k != TOKEN_HEADER}
+            headers = _without_token(request.headers)
             sender.signature_from_request(  # routed like the revoked message
                 request, args, kwargs, task_id=uuid(), expires=None,
                 headers={**headers, KEY_HEADER: key},

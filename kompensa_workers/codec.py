@@ -20,7 +20,7 @@ import msgpack
 
 from .errors import SerializationError
 
-__all__ = ["check_arguments", "decode", "encode", "fingerprint", "is_utf8"]
+__all__ = ["check_arguments", "check_size", "decode", "encode", "fingerprint", "is_utf8"]
 
 _TUPLE, _SET, _FROZENSET, _BIGINT = 1, 2, 3, 4
 _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID = 5, 6, 7, 8, 9, 10
@@ -207,3 +207,17 @@ def check_arguments(args: Sequence[Any], kwargs: Mapping[str, Any], *, owner: st
         encode(value, what=f"argument {index + 1} of {owner}")
     for keyword, value in kwargs.items():
         encode(value, what=f"keyword argument {keyword!r} of {owner}")
+
+
+def check_size(
+    encoded: bytes, max_bytes: int, *, what: str, step: str | None = None,
+    type_name: str | None = None,
+) -> bytes:
+    """``encoded`` if it fits the store's ``max_value_bytes``, else SerializationError."""
+    if len(encoded) > max_bytes:
+        raise SerializationError(
+            f"the {what} takes {len(encoded)} bytes, over the store's max_value_bytes "
+            f"of {max_bytes}; journal a reference instead",
+            step=step, type_name=type_name,
+        )
+    return encoded

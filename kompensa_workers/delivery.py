@@ -35,7 +35,7 @@ from ._signals import (
     Suspend,
 )
 from .clock import SYSTEM_CLOCK, Clock
-from .codec import check_arguments, decode, encode, fingerprint, is_utf8
+from .codec import check_arguments, check_size, decode, encode, fingerprint, is_utf8
 from .engine import ExecutionRun
 from .errors import (
     DeliveryLimitExceeded,
@@ -244,23 +244,16 @@ def _drive(
         raise
     else:
         try:
-            encoded = _encode_result(result, run.store.max_value_bytes)
+            encoded = check_size(
+                encode(result, what="saga result"), run.store.max_value_bytes,
+                what="saga result", type_name=type(result).__name__,
+            )
         except SerializationError as exc:
             failure, cause = SagaFailure(None, ErrorInfo.capture(exc)), exc
         else:
             run.commit(status="succeeded", result=encoded, release=True)
             return Finished(decode(encoded))
     return _roll_back(run, fn, args, kwargs, failure, replay=False, cause=cause)
-
-
-def _encode_result(result: Any, max_bytes: int) -> bytes:
-    encoded = encode(result, what="saga result")
-    if len(encoded) > max_bytes:
-        raise SerializationError(
-            f"the saga result takes {len(encoded)} bytes, over the store's "
-            f"max_value_bytes of {max_bytes}", type_name=type(result).__name__,
-        )
-    return encoded
 
 
 def _roll_back(

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import encode
+from .codec import encode, is_utf8
 from .errors import SerializationError, StoredError
 
 __all__ = ["ErrorInfo"]
@@ -117,11 +117,9 @@ def _reduced(exc: BaseException) -> tuple[tuple[Any, ...], dict[str, Any]]:
 def _clean(text: str) -> str:
     """Text the codec can write: lone surrogates (from undecodable file names)
     become escapes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    if is_utf8(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _portable(value: Any) -> Any:

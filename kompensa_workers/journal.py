@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .codec import decode
-from .errors import DuplicateStepName, NonDeterminismError, SerializationError, StepFailed
+from .codec import check_size, decode
+from .errors import DuplicateStepName, NonDeterminismError, StepFailed
 from .failures import ErrorInfo
 from .records import CompensationRecord, Execution, StepRecord
 from .retry import Retry
@@ -188,13 +188,10 @@ class Journal:
                 finished_at=now,
                 completed_seq=self._seq,
             )
-        encoded = record.to_bytes()  # raises SerializationError naming the step
-        if len(encoded) > max_bytes:
-            raise SerializationError(
-                f"the result takes {len(encoded)} bytes, over the store's "
-                f"max_value_bytes of {max_bytes}; journal a reference instead",
-                step=base.name, type_name=type(result).__name__,
-            )
+        encoded = check_size(  # to_bytes() raises SerializationError naming the step
+            record.to_bytes(), max_bytes, what="result", step=base.name,
+            type_name=type(result).__name__,
+        )
         # Later deliveries replay the decoded value: this one must see the same.
         record = replace(record, result=decode(encoded)["result"])
         return record, record.result

@@ -14,13 +14,12 @@ from ._check import count, number
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import LeaseLost
 from .records import EXPIRING, TERMINAL, Execution
-from .store import Claim, JournalWrite, Lease, execution_from_fields
+from .store import DEFAULT_MAX_VALUE_BYTES, Claim, JournalWrite, Lease, execution_from_fields
 
 __all__ = ["MemoryStore"]
 
 DEFAULT_LOCK_TTL = 30.0
 DEFAULT_RETENTION = 7 * 86400.0
-DEFAULT_MAX_VALUE_BYTES = 1 << 20
 
 
 @dataclass

@@ -34,6 +34,7 @@ from .records import (
 __all__ = ["Claim", "JournalWrite", "Lease", "Store", "execution_from_fields"]
 
 STEP_PREFIX = "step:"
+DEFAULT_MAX_VALUE_BYTES = 1 << 20  # the largest value a store accepts by default
 
 
 @dataclass(frozen=True)

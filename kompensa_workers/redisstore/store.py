@@ -14,7 +14,13 @@ from redis.retry import Retry as RedisRetry
 from .._check import count, instance, number
 from ..errors import KompensaError, LeaseLost, SerializationError, StoreUnavailable
 from ..records import Execution
-from ..store import Claim, JournalWrite, Lease, execution_from_fields
+from ..store import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Claim,
+    JournalWrite,
+    Lease,
+    execution_from_fields,
+)
 from .keys import index_key, journal_key, lock_key, recovered_key, validate_namespace
 from .redlock import Redlock
 from .scripts import register
@@ -23,7 +29,6 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-DEFAULT_MAX_VALUE_BYTES = 1 << 20
 # Errors worth waiting out: the server restarts, loads its data, or fails over.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
@@ -220,19 +225,14 @@ class RedisStore:
         while True:
             try:
                 return call()
-            except _TRANSIENT as exc:
-                if time.monotonic() + pause > deadline:
-                    raise StoreUnavailable(key, self.write_timeout, exc) from exc
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            except redis.ResponseError as exc:
-                kind = _classify(exc)
-                if kind == "transient" and time.monotonic() + pause <= deadline:
+            except (*_TRANSIENT, redis.ResponseError) as exc:
+                kind = "transient" if isinstance(exc, _TRANSIENT) else _classify(exc)
+                if kind == "transient":
+                    if time.monotonic() + pause > deadline:
+                        raise StoreUnavailable(key, self.write_timeout, exc) from exc
                     time.sleep(pause)
                     pause = min(pause * 2, 1.0)
                     continue
-                if kind == "transient":
-                    raise StoreUnavailable(key, self.write_timeout, exc) from exc
                 if kind == "cluster":
                     raise KompensaError(
                         f"RedisStore needs a standalone or Sentinel-managed Redis; this "
