@@ -20,6 +20,7 @@ TTL, and the execution resumes once the code matches again (or, after
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,7 @@ def deliver(
     retry: Retry | None = None,
     dispatch: Mapping[str, Any] | None = None,
     name: str | None = None,
+    time_limit: float | None = None,
 ) -> Outcome:
     """Claim execution ``key`` of saga ``fn(saga, *args, **kwargs)`` and run it as far
     as it can go in this delivery.
@@ -136,6 +138,10 @@ def deliver(
     ``dispatch`` is journaled with the execution for recovery: whatever the caller
     needs to send this delivery again (task name, message id, arguments). ``name``
     overrides the saga name journaled (adapters pass their task name).
+    ``time_limit`` (seconds) bounds this delivery: a step attempt still running at
+    it ends as a StepTimeout (retried by its policy), and once it has passed no
+    new step or compensation starts here: ``RetryLater(0)`` hands the execution to
+    a fresh delivery. Adapters pass what is left of the broker's own time limit.
     """
     if not callable(fn):
         raise TypeError(f"deliver: the saga function must be callable, got {fn!r}")
@@ -151,6 +157,9 @@ def deliver(
     if lock_ttl is not None:
         number("deliver", "lock_ttl", lock_ttl, inclusive=False)
     instance("deliver", "retry", retry, Retry)
+    if time_limit is not None:
+        number("deliver", "time_limit", time_limit, inclusive=False)
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     args = tuple(args)
     kwargs = dict(kwargs or {})
     clock = clock or SYSTEM_CLOCK
@@ -175,7 +184,7 @@ def deliver(
     assert claim.lease is not None
     run = ExecutionRun(
         store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock,
-        default_retry=retry,
+        default_retry=retry, deadline=deadline,
     )
     resumed = execution.deliveries > 1 or bool(execution.steps)
     hook.on_saga_start(SagaEvent(key, name, execution.status, resumed=resumed))

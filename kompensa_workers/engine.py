@@ -98,8 +98,10 @@ class ExecutionRun:
         hooks: HookDispatcher,
         clock: Clock,
         default_retry: Retry | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.key = execution.key
+        self.deadline = deadline  # time.monotonic() by which this delivery hands off
         self.default_retry = default_retry or NO_RETRY
         self.store = store
         self.lease = lease
@@ -185,6 +187,16 @@ class ExecutionRun:
             raise StopReplay()
         if self.cancel_requested:
             raise CancelRequested()
+        self.check_time()
+
+    def check_time(self) -> None:
+        """Past the delivery's time limit no new step or compensation starts: the
+        execution is handed to a fresh delivery (RetryLater after 0 s)."""
+        if self.out_of_time():
+            raise self.wait_for_retry(delay=0.0)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def step(self, spec: Step) -> Any:
         """``saga.step``: replay, re-raise, wait, or run the step."""
@@ -235,7 +247,7 @@ class ExecutionRun:
                 self.hooks.on_step_retry(
                     StepEvent(self.key, spec.name, attempt, duration, exc, delay)
                 )
-                if delay > 0 or (group and group.stopped.is_set()):
+                if delay > 0 or (group and group.stopped.is_set()) or self.out_of_time():
                     return Waiting(record, delay)
                 self.commit(record)
                 base, attempt = record, attempt + 1
@@ -301,6 +313,9 @@ class ExecutionRun:
         """Run user code as ``ctx`` (``current_step()`` inside it)."""
         if self.lease_lost or (self.cancel_requested and not ctx.compensating):
             ctx.cancelled.set()
+        if self.deadline is not None:  # an attempt ends with the delivery's time
+            left = max(self.deadline - time.monotonic(), 0.0)
+            timeout = left if timeout is None else min(timeout, left)
         context = contextvars.copy_context()
         context.run(_current.set, ctx)
         return call_attempt(

@@ -36,6 +36,7 @@ def compensate(
         plan = run.journal.plan_compensation(record, run.clock.time())
         if isinstance(plan, Wait):
             raise run.wait_for_retry(delay=plan.delay)
+        run.check_time()
         _compensate_one(run, record, plan.attempt, *undo)
 
 
@@ -65,7 +66,7 @@ def _compensate_one(
             if delay is None:
                 run.commit(new)
                 return
-            if delay > 0:
+            if delay > 0 or run.out_of_time():
                 raise run.wait_for_retry(new, delay=delay) from None
             run.commit(new)
             record, attempt = new, attempt + 1
