@@ -1,0 +1,450 @@
+"""Dramatiq adapter: ``saga_task()`` makes a saga function a Dramatiq actor.
+
+Each delivery is one call to :func:`kompensa_workers.deliver`; this module only
+turns its outcome into Dramatiq's terms::
+
+    Finished(result)          the actor returns ``result`` (Results stores it,
+                              pipelines and ``on_success`` fire)
+    Failed(error)             the message is failed (dead-lettered) with SagaFailed /
+                              CompensationFailed / SagaCancelled; Dramatiq's Retries
+                              never retries it
+    RetryLater(delay, token)  the same message id is enqueued with ``delay`` and the
+                              lease token in its options; this delivery ends quietly
+    Busy(after)               the duplicate is enqueued again with ``after``, no
+                              token; this delivery ends quietly
+
+"Quietly" means the message is acknowledged with nothing reported: no result is
+stored, no pipeline, callback or group barrier fires (the delivery that ends the
+saga reports it, once). The actor's time limit becomes the delivery's time budget:
+no step starts past it and a step attempt running into it ends as a StepTimeout,
+a little before Dramatiq's TimeLimit would interrupt the worker thread.
+:func:`recover` (or :func:`enable_recovery` in the workers) enqueues again the
+executions whose worker died and whose message never came back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+try:
+    import dramatiq
+    from dramatiq import Actor, Broker, Message, Middleware
+    from dramatiq.brokers.redis import RedisBroker
+    from dramatiq.common import current_millis, q_name
+    from dramatiq.middleware import SkipMessage, TimeLimit
+    from dramatiq.results import ResultBackend, ResultFailure, ResultMissing, Results
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "kompensa_workers.dramatiq needs Dramatiq: pip install 'kompensa-workers[dramatiq]'"
+    ) from exc
+
+from ._check import count, instance, number
+from ._check import store as check_store
+from .codec import check_arguments
+from .delivery import (
+    DEFAULT_MAX_DELIVERIES,
+    Busy,
+    Failed,
+    Finished,
+    RetryLater,
+    deliver,
+    saga_name,
+)
+from .errors import KompensaError, LeaseLost, StoreUnavailable
+from .retry import Retry
+from .runner import SagaRunner
+from .store import Store
+
+__all__ = ["SagaActor", "SagaMiddleware", "enable_recovery", "recover", "saga_task"]
+
+logger = logging.getLogger("kompensa_workers.dramatiq")
+
+TOKEN_OPTION = "kompensa_lease_token"
+DUPLICATE_OPTION = "kompensa_duplicate"  # deferred because another delivery held it
+# Options that belong to one delivery, not to the message sent again.
+TRANSIENT_OPTIONS = frozenset({
+    TOKEN_OPTION, DUPLICATE_OPTION, "redis_message_id", "eta", "traceback",
+    "requeue_timestamp",
+})
+SagaFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    message: Any  # the worker's MessageProxy
+    started: float
+    budget: float | None
+
+
+class _State(threading.local):
+    delivery: _Delivery | None = None
+    quiet: bool = False  # this thread just ended a delivery quietly
+
+
+_state = _State()
+
+
+class _QuietSkips(logging.Filter):
+    """Drop the worker's "Message ... was skipped." warning for deliveries this
+    adapter ended quietly on purpose (it logs what it did at INFO instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _state.quiet and "was skipped" in str(record.msg):
+            _state.quiet = False
+            return False
+        return True
+
+
+logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QuietSkips())
+
+
+@dataclass(frozen=True)
+class _Saga:
+    fn: SagaFunction
+    key: Callable[..., str] | None
+    store: Store
+    retry: Retry | None
+    lock_ttl: float | None
+    max_deliveries: int
+
+
+class SagaActor(Actor[..., Any]):
+    """An actor whose every delivery runs a saga through the journal."""
+
+    def __init__(self, saga: _Saga, fn: SagaFunction, **actor: Any) -> None:
+        self.saga = saga
+        super().__init__(fn, **actor)
+
+    def message_with_options(
+        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Message[Any]:
+        """Refuse arguments the journal cannot encode before anything is sent."""
+        check_arguments(args, kwargs or {}, owner=f"actor {self.actor_name!r}")
+        return super().message_with_options(args=args, kwargs=kwargs, **options)
+
+    def key_of(self, message: Any) -> str:
+        """The execution a message belongs to."""
+        if self.saga.key is not None:
+            return self.saga.key(*message.args, **message.kwargs)
+        return str(message.message_id)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        delivery = _state.delivery
+        if delivery is None or delivery.message.actor_name != self.actor_name:
+            return self._run_in_process(args, kwargs)
+        return self._deliver(delivery)
+
+    def _deliver(self, delivery: _Delivery) -> Any:
+        message = delivery.message
+        key = self.key_of(message)
+        budget = None
+        if delivery.budget is not None:
+            budget = max(delivery.budget - (time.monotonic() - delivery.started), 0.001)
+        try:
+            outcome = deliver(
+                self.saga.fn, message.args, message.kwargs, key=key, store=self.saga.store,
+                lease_token=message.options.get(TOKEN_OPTION), lock_ttl=self.saga.lock_ttl,
+                max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
+                dispatch=self._dispatch(message), name=self.actor_name, time_limit=budget,
+            )
+        except LeaseLost:
+            # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
+            # again, this message is deferred (Busy) or answered from the journal.
+            self._send_again(message, 1.0)
+            raise self._quiet_end(message, key, "lease lost mid-delivery; sent again") from None
+        except StoreUnavailable:
+            self._send_again(message, min(self.saga.store.lock_ttl, 5.0))
+            raise self._quiet_end(message, key, "journal unreachable; sent again") from None
+        if (
+            isinstance(outcome, (Finished, Failed)) and outcome.cached
+            and key == message.message_id and not self._should_report(message)
+        ):
+            raise self._quiet_end(message, key, "already ended and reported")
+        if isinstance(outcome, Finished):
+            return outcome.result
+        if isinstance(outcome, Failed):
+            message.fail()  # dead-lettered, whatever the Retries settings
+            raise outcome.error
+        if isinstance(outcome, RetryLater):
+            self._send_again(message, outcome.delay, token=outcome.lease_token)
+            raise self._quiet_end(message, key, f"waiting {outcome.delay:.3g}s in the broker")
+        assert isinstance(outcome, Busy)
+        self._send_again(message, outcome.after, duplicate=True)
+        raise self._quiet_end(message, key, "another delivery holds it; deferred")
+
+    def _should_report(self, message: Any) -> bool:
+        """A delivery of this message id found the saga ended. Report it again only
+        if the delivery that ended it may not have: not for a deferred duplicate,
+        and not when the result backend already holds the outcome."""
+        if message.options.get(DUPLICATE_OPTION):
+            return False
+        backend = _results_backend(self.broker, self, message)
+        if backend is None:
+            return True
+        try:
+            backend.get_result(message, block=False)
+        except ResultMissing:
+            return True
+        except ResultFailure:
+            return False
+        return False
+
+    def _send_again(
+        self, message: Any, delay: float, *, token: str | None = None,
+        duplicate: bool = False,
+    ) -> None:
+        """The same message id, later, with the options it came with. If the broker
+        refuses it the error propagates: Dramatiq's Retries sends the message again
+        (and :func:`recover` would find the execution once its lease expires)."""
+        options = _lasting_options(message.options)
+        if token:
+            options[TOKEN_OPTION] = token
+        if duplicate:
+            options[DUPLICATE_OPTION] = True
+        again: Message[Any] = Message(
+            queue_name=q_name(message.queue_name), actor_name=message.actor_name,
+            args=tuple(message.args), kwargs=dict(message.kwargs), options=options,
+            message_id=message.message_id,
+            message_timestamp=current_millis(),  # a half-done saga must not age out
+        )
+        milliseconds = math.ceil(max(delay, 0.0) * 1000)
+        self.broker.enqueue(again, delay=milliseconds or None)
+
+    def _quiet_end(self, message: Any, key: str, what: str) -> SkipMessage:
+        """End this delivery acknowledged, reporting nothing (raise the result)."""
+        logger.info("%s[%s]: %s", self.actor_name, key, what)
+        message.options["store_results"] = False  # this delivery, not the one sent
+        _state.quiet = True
+        return SkipMessage(what)
+
+    def _dispatch(self, message: Any) -> dict[str, Any]:
+        """How recovery enqueues this delivery again."""
+        return {
+            "broker": "dramatiq", "actor": self.actor_name,
+            "queue": q_name(message.queue_name), "id": message.message_id,
+            "args": list(message.args), "kwargs": dict(message.kwargs),
+            "options": _lasting_options(message.options),
+        }
+
+    def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A direct call (``actor(...)``, no message): run to the end here, sleeping
+        through retry delays like the in-process runner."""
+        key = self.saga.key(*args, **kwargs) if self.saga.key else uuid.uuid4().hex
+        store = self.saga.store
+        runner = SagaRunner(
+            store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
+            max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
+        )
+        return runner.run(self.saga.fn, *args, idempotency_key=key, **kwargs)
+
+    def get_saga_result(
+        self, message: Message[Any], *, block: bool = False, timeout: int | None = None,
+    ) -> Any:
+        """``message.get_result()`` with the saga's own error: a failed saga raises
+        its SagaFailed / CompensationFailed / SagaCancelled (with the failed step,
+        the cause and compensation errors) rather than Dramatiq's ResultFailure."""
+        backend = self.broker.get_results_backend()
+        try:
+            return backend.get_result(message, block=block, timeout=timeout)
+        except ResultFailure:
+            execution = self.saga.store.get(self.key_of(message))
+            error = execution.exception() if execution is not None else None
+            if error is None:
+                raise
+            raise error from None
+
+
+def _lasting_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS}
+
+
+def _results_backend(broker: Broker, actor: Actor[..., Any], message: Any) -> ResultBackend | None:
+    """The Results backend, when this message's result is stored."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, Results):
+            stored = message.options.get(
+                "store_results", actor.options.get("store_results", middleware.store_results)
+            )
+            return middleware.backend if stored else None
+    return None
+
+
+def _time_budget(broker: Broker, actor: Actor[..., Any], message: Any) -> float | None:
+    """Seconds this delivery may run: the TimeLimit in force, less a margin so the
+    journal stops the saga before Dramatiq interrupts the thread."""
+    limiter = next((m for m in broker.middleware if isinstance(m, TimeLimit)), None)
+    if limiter is None:
+        return None
+    limit = message.options.get("time_limit") or actor.options.get(
+        "time_limit", limiter.time_limit
+    )
+    if not isinstance(limit, (int, float)) or limit <= 0 or math.isinf(limit):
+        return None
+    seconds = limit / 1000
+    return max(seconds - min(max(seconds * 0.1, 0.25), 5.0), seconds / 2)
+
+
+class SagaMiddleware(Middleware):
+    """Added to the broker by :func:`saga_task`: tells a saga actor which message it
+    runs and how long it may take; runs :func:`recover` in each worker process once
+    :func:`enable_recovery` has been called."""
+
+    def __init__(self) -> None:
+        self.recovery: tuple[Store | None, float] | None = None
+        self._stop = threading.Event()
+
+    def before_process_message(self, broker: Broker, message: Any) -> None:
+        actor = broker.get_actor(message.actor_name)
+        if isinstance(actor, SagaActor):
+            _state.delivery = _Delivery(
+                message, time.monotonic(), _time_budget(broker, actor, message)
+            )
+
+    def after_process_message(
+        self, broker: Broker, message: Any, *, result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        _state.delivery = None
+
+    def after_skip_message(self, broker: Broker, message: Any) -> None:
+        _state.delivery = None
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        if self.recovery is None:
+            return
+        store, interval = self.recovery
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    recover(broker, store)
+                except Exception:
+                    logger.exception("recovery pass failed; trying again in %ss", interval)
+
+        threading.Thread(target=loop, name="kompensa-recovery", daemon=True).start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        self._stop.set()
+
+
+def _middleware(broker: Broker) -> SagaMiddleware:
+    """The broker's SagaMiddleware, added first if missing (it must see a message
+    before the other middleware do)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, SagaMiddleware):
+            return middleware
+    middleware = SagaMiddleware()
+    first = type(broker.middleware[0]) if broker.middleware else None
+    broker.add_middleware(middleware, before=first)
+    return middleware
+
+
+def saga_task(
+    fn: SagaFunction | None = None,
+    *,
+    key: Callable[..., str] | None = None,
+    store: Store | None = None,
+    retry: Retry | None = None,
+    lock_ttl: float | None = None,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    broker: Broker | None = None,
+    actor_name: str | None = None,
+    queue_name: str = "default",
+    priority: int = 0,
+    **actor_options: Any,
+) -> Any:
+    """Decorate ``fn(saga, *args, **kwargs)`` into a Dramatiq actor; use as
+    ``@saga_task`` or ``@saga_task(...)``.
+
+    The idempotency key is the message id, unless ``key(*args, **kwargs)`` derives
+    a business key. ``store`` defaults to a RedisStore on the broker's Redis client
+    when the broker is a RedisBroker. ``retry`` is the policy of steps that name
+    none. Other options are the actor's (``time_limit``, ``store_results``, ...).
+    """
+    if key is not None and not callable(key):
+        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
+    instance("saga_task", "retry", retry, Retry)
+    check_store("saga_task", store)
+    count("saga_task", "max_deliveries", max_deliveries)
+    if lock_ttl is not None:
+        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+    if broker is not None and not isinstance(broker, Broker):
+        raise TypeError(f"saga_task: broker must be a dramatiq Broker, got {broker!r}")
+
+    def decorator(saga_fn: SagaFunction) -> SagaActor:
+        if not callable(saga_fn):
+            raise TypeError(f"saga_task decorates a saga function or Flow, got {saga_fn!r}")
+        target = broker or dramatiq.get_broker()
+        _middleware(target)
+        config = _Saga(saga_fn, key, store or default_store(target), retry, lock_ttl,
+                       max_deliveries)
+        options = dict(actor_options)
+        if "throws" in target.actor_options:  # a failed saga is final: never retried
+            options["throws"] = (*_exception_types(options.get("throws")), KompensaError)
+        label = getattr(saga_fn, "__name__", None) or saga_name(saga_fn)
+        name = actor_name or (label if label.isidentifier() else saga_name(saga_fn))
+        made = dramatiq.actor(
+            actor_class=partial(SagaActor, config), actor_name=name,
+            queue_name=queue_name, priority=priority, broker=target, **options,
+        )(saga_fn)
+        assert isinstance(made, SagaActor)
+        return made
+
+    return decorator(fn) if fn is not None else decorator
+
+
+def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+def default_store(broker: Broker) -> Store:
+    """A RedisStore on the broker's Redis client, when the broker is a RedisBroker."""
+    if not isinstance(broker, RedisBroker):
+        raise KompensaError(
+            f"kompensa_workers.dramatiq: the broker is a {type(broker).__name__}, not a "
+            "RedisBroker, so there is no journal to default to; pass "
+            "store=RedisStore.from_url(...)"
+        )
+    from .redisstore import RedisStore
+
+    return RedisStore(broker.client)
+
+
+def recover(broker: Broker, store: Store | None = None, *, limit: int = 100) -> int:
+    """Enqueue again the executions whose lease expired and whose message never came
+    back (a worker killed with its messages unacknowledged). Returns how many."""
+    journal = store or default_store(broker)
+    sent = 0
+    for key in journal.take_due(limit, hold=journal.lock_ttl):
+        execution = journal.get(key)
+        dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
+        if not dispatch or dispatch.get("broker") != "dramatiq":
+            continue
+        broker.enqueue(Message(
+            queue_name=dispatch["queue"], actor_name=dispatch["actor"],
+            args=tuple(dispatch["args"]), kwargs=dict(dispatch["kwargs"]),
+            options=dict(dispatch.get("options") or {}), message_id=dispatch["id"],
+        ))
+        logger.info("recovered %s[%s] as message %s", dispatch["actor"], key, dispatch["id"])
+        sent += 1
+    return sent
+
+
+def enable_recovery(
+    broker: Broker | None = None, store: Store | None = None, *, interval: float = 5.0
+) -> None:
+    """Run :func:`recover` every ``interval`` seconds in each worker process."""
+    number("enable_recovery", "interval", interval, inclusive=False)
+    check_store("enable_recovery", store)
+    _middleware(broker or dramatiq.get_broker()).recovery = (store, interval)

@@ -1,0 +1,111 @@
+"""The conformance harness on Dramatiq's StubBroker: an in-process worker, the
+sagas of ``integrations/apps/sagas.py``, a fakeredis effects ledger."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dramatiq
+import fakeredis
+from dramatiq import Message
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.results import Results, ResultTimeout
+from dramatiq.results.backends import StubBackend
+
+from integrations.apps import sagas
+from kompensa_workers import MemoryStore, SagaError
+from kompensa_workers.dramatiq import SagaActor, saga_task
+
+QUEUE = "kw"
+
+
+class StubWorker:
+    def __init__(self, broker: StubBroker, threads: int) -> None:
+        self.worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def kill(self) -> None:
+        raise NotImplementedError("an in-process worker cannot be killed")
+
+    kill_main = kill
+
+
+class StubHarness:
+    """One StubBroker with the conformance sagas declared on it."""
+
+    def __init__(self, lock_ttl: float = 1.0) -> None:
+        self.lock_ttl = lock_ttl
+        self.broker = StubBroker()
+        self.broker.add_middleware(Results(backend=StubBackend()))
+        self.store = MemoryStore(lock_ttl=lock_ttl)
+        self.redis = fakeredis.FakeRedis()
+        sagas._ledger = self.redis  # the sagas' effects go to this ledger
+        declare = {"broker": self.broker, "store": self.store, "queue_name": QUEUE,
+                   "store_results": True}
+        self.actors: dict[str, Any] = {
+            "kw.checkout": saga_task(actor_name="kw.checkout", **declare)(sagas.checkout),
+            "kw.flaky": saga_task(actor_name="kw.flaky", **declare)(sagas.flaky),
+            "kw.doomed": saga_task(actor_name="kw.doomed", **declare)(sagas.doomed),
+            "kw.slow": saga_task(actor_name="kw.slow", **declare)(sagas.slow),
+            "kw.keyed": saga_task(actor_name="kw.keyed", key=sagas.order_key,
+                                  **declare)(sagas.keyed),
+        }
+
+        @dramatiq.actor(actor_name="kw.ordinary", broker=self.broker, queue_name=QUEUE,
+                        store_results=True)
+        def ordinary(tag: str) -> str:
+            sagas.mark("ordinary", tag=tag)
+            return tag
+
+        self.actors["kw.ordinary"] = ordinary
+        self.sent: dict[str, Message[Any]] = {}
+        self.workers: list[StubWorker] = []
+
+    def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> StubWorker:
+        worker = StubWorker(self.broker, concurrency)
+        self.workers.append(worker)
+        return worker
+
+    def send(self, saga: str, *args: Any, message_id: str | None = None) -> str:
+        message = self.actors[saga].message_with_options(args=args)
+        if message_id is not None:
+            message = message.copy(message_id=message_id)
+        self.broker.enqueue(message)
+        self.sent[message.message_id] = message
+        return str(message.message_id)
+
+    def send_ordinary(self, tag: str) -> str:
+        return self.send("kw.ordinary", tag)
+
+    def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
+        message = self.sent[message_id]
+        actor = self.actors[message.actor_name]
+        try:
+            if isinstance(actor, SagaActor):
+                value = actor.get_saga_result(message, block=True, timeout=int(timeout * 1000))
+            else:
+                value = message.get_result(backend=self.broker.get_results_backend(),
+                                           block=True, timeout=int(timeout * 1000))
+        except SagaError as error:
+            return ("failure", error)
+        except ResultTimeout as exc:
+            raise AssertionError(f"{message_id}: no result in {timeout}s") from exc
+        return ("success", value)
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(f"{sagas.NAMESPACE}:ledger", 0, -1)]
+
+    def kill_child(self, pid: int) -> None:
+        raise NotImplementedError("an in-process worker cannot be killed")
+
+    def pause(self, pid: int, seconds: float) -> None:
+        raise NotImplementedError("an in-process worker cannot be paused")
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.broker.close()

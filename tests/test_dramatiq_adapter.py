@@ -1,0 +1,382 @@
+"""The Dramatiq adapter on the StubBroker with an in-process worker: the adapter
+conformance scenarios, and what a Dramatiq user sees of deferrals, failures,
+results, pipelines, time limits and recovery (real workers: integrations/)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Message, Middleware
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.results import ResultFailure, Results
+from dramatiq.results.backends import StubBackend
+
+from integrations import conformance
+from kompensa_workers import (
+    KompensaError,
+    MemoryStore,
+    Retry,
+    Saga,
+    SagaFailed,
+    SerializationError,
+    TransientError,
+    current_step,
+)
+from kompensa_workers.dramatiq import (
+    DUPLICATE_OPTION,
+    TOKEN_OPTION,
+    SagaMiddleware,
+    default_store,
+    enable_recovery,
+    recover,
+    saga_task,
+)
+
+from .dramatiq_stub import StubHarness
+from .support import Crash, Ledger
+
+# -- the conformance scenarios --------------------------------------------------
+
+
+@pytest.fixture
+def harness() -> Iterator[StubHarness]:
+    harness = StubHarness()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@pytest.fixture
+def pool(harness: StubHarness) -> None:
+    harness.start_worker(concurrency=4)
+
+
+def test_hundred_sagas_succeed(harness: StubHarness, pool: None) -> None:
+    conformance.hundred_sagas_succeed(harness)
+
+
+def test_retry_waits_in_the_broker_with_the_slot_free(harness: StubHarness) -> None:
+    harness.start_worker(concurrency=1)
+    conformance.retry_waits_in_the_broker_with_the_slot_free(harness)
+
+
+def test_permanent_failure_is_compensated(harness: StubHarness, pool: None) -> None:
+    conformance.permanent_failure_is_compensated(harness)
+
+
+def test_duplicate_message_runs_each_step_once(harness: StubHarness, pool: None) -> None:
+    conformance.duplicate_message_runs_each_step_once(harness)
+
+
+def test_business_key_answers_from_the_journal(harness: StubHarness, pool: None) -> None:
+    conformance.business_key_answers_from_the_journal(harness)
+
+
+# -- a broker of our own for the rest ---------------------------------------------
+
+
+class Recorder(Middleware):  # type: ignore[misc]
+    """Every message enqueued, with its delay."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Message[Any], int | None]] = []
+
+    def after_enqueue(self, broker: Any, message: Message[Any], delay: int | None) -> None:
+        self.sent.append((message, delay))
+
+
+@pytest.fixture
+def broker() -> Iterator[StubBroker]:
+    stub = StubBroker()
+    stub.add_middleware(Results(backend=StubBackend()))
+    stub.emit_after("process_boot")
+    yield stub
+    stub.close()
+
+
+def run_worker(broker: StubBroker, threads: int = 2) -> dramatiq.Worker:
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
+    worker.start()
+    return worker
+
+
+def test_arguments_are_checked_at_send_and_nothing_is_enqueued(broker: StubBroker) -> None:
+    @saga_task(broker=broker, store=MemoryStore())
+    def checkout(saga: Saga, order: Any) -> None:
+        saga.step("a", lambda: order)
+
+    with pytest.raises(SerializationError, match="argument 1 of actor 'checkout'"):
+        checkout.send(object())
+    with pytest.raises(SerializationError, match="keyword argument 'order'"):
+        checkout.send_with_options(kwargs={"order": {1, object}})
+    assert broker.queues["default"].qsize() == 0
+    checkout.send("42")
+    assert broker.queues["default"].qsize() == 1
+
+
+def test_a_broker_that_is_not_redis_needs_a_store(broker: StubBroker) -> None:
+    with pytest.raises(KompensaError, match="StubBroker, not a RedisBroker.*store="):
+        default_store(broker)
+    with pytest.raises(KompensaError, match="pass store="):
+        saga_task(broker=broker)(lambda saga: None)
+
+
+def test_bad_options_are_refused_with_their_name(broker: StubBroker) -> None:
+    with pytest.raises(TypeError, match="key must be a callable"):
+        saga_task(broker=broker, store=MemoryStore(), key="order")
+    with pytest.raises(TypeError, match="retry"):
+        saga_task(broker=broker, store=MemoryStore(), retry=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lock_ttl"):
+        saga_task(broker=broker, store=MemoryStore(), lock_ttl=0)
+    with pytest.raises(ValueError, match="undefined: colour"):
+        saga_task(broker=broker, store=MemoryStore(), colour="red")(lambda saga: None)
+    with pytest.raises(ValueError, match="interval"):
+        enable_recovery(broker, interval=0)
+
+
+def test_a_retry_is_the_same_message_id_delayed_with_the_lease_token(
+    broker: StubBroker,
+) -> None:
+    # Given a saga whose charge fails once and retries after 0.3 s,
+    recorder = Recorder()
+    broker.add_middleware(recorder)
+    ledger = Ledger()
+
+    def charge() -> str:
+        ledger.add("charge", str(current_step().attempt))
+        if current_step().attempt == 1:
+            raise TransientError("card network timeout")
+        return "paid"
+
+    @saga_task(broker=broker, store=MemoryStore(lock_ttl=2), store_results=True,
+               retry=Retry(attempts=2, initial=0.3, jitter=False))
+    def checkout(saga: Saga) -> str:
+        return saga.step("charge", charge)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker)
+    try:
+        message = checkout.send()
+        assert checkout.get_saga_result(message, block=True, timeout=10_000) == "paid"
+    finally:
+        worker.stop()
+    # then the retry was the same message, delayed, carrying the lease token,
+    sent = [(m, d) for m, d in recorder.sent if m.message_id == message.message_id]
+    # (sent, delayed by the saga, moved from the delay queue by the worker)
+    assert [d for _, d in sent] == [None, 300, None]
+    again = sent[1][0]
+    assert again.options[TOKEN_OPTION]
+    assert ledger.kinds("charge") == ["1", "2"]
+    # and Dramatiq's own Retries never saw a failure.
+    assert "retries" not in again.options
+
+
+def test_a_failed_saga_is_dead_lettered_once_with_its_error(broker: StubBroker) -> None:
+    undone = Ledger()
+
+    @saga_task(broker=broker, store=MemoryStore(), store_results=True)
+    def doomed(saga: Saga) -> None:
+        saga.step("reserve", lambda: "r", compensate=lambda r: undone.add("undo", r))
+        saga.step("charge", lambda: 1 / 0)
+
+    worker = run_worker(broker)
+    try:
+        message = doomed.send()
+        with pytest.raises(SagaFailed) as failure:
+            doomed.get_saga_result(message, block=True, timeout=10_000)
+        # Dramatiq's own result says the same, by name.
+        with pytest.raises(ResultFailure) as plain:
+            message.get_result(backend=broker.get_results_backend())
+        broker.join("default", fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    assert failure.value.failed_step == "charge"
+    assert type(failure.value.cause).__name__ == "ZeroDivisionError"
+    assert plain.value.orig_exc_type == "SagaFailed"
+    assert [m.message_id for m in broker.dead_letters] == [message.message_id]
+    assert undone.entries == [("undo", "r")]
+
+
+def test_pipelines_and_callbacks_fire_once_for_a_saga_that_waited(broker: StubBroker) -> None:
+    # Given a saga that retries once through the broker, piped into a plain actor,
+    got = Ledger()
+
+    @dramatiq.actor(broker=broker)
+    def shipped(result: str) -> None:
+        got.add("pipe", result)
+
+    @dramatiq.actor(broker=broker)
+    def succeeded(message: dict[str, Any], result: str) -> None:
+        got.add("on_success", result)
+
+    def charge() -> str:
+        if current_step().attempt == 1:
+            raise TransientError("later")
+        return "paid"
+
+    @saga_task(broker=broker, store=MemoryStore(lock_ttl=2), on_success="succeeded",
+               retry=Retry(attempts=2, initial=0.2, jitter=False))
+    def checkout(saga: Saga) -> str:
+        return saga.step("charge", charge)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker)
+    try:
+        dramatiq.pipeline([checkout.message(), shipped.message()], broker=broker).run()
+        conformance.wait_for(lambda: len(got.entries) >= 2, 10, "the pipe and the callback")
+        time.sleep(0.5)  # nothing more arrives
+    finally:
+        worker.stop()
+    # then each fired once, with the saga's result, not for the deferred delivery.
+    assert sorted(got.entries) == [("on_success", "paid"), ("pipe", "paid")]
+
+
+def test_a_duplicate_is_deferred_without_a_token_and_reports_nothing(
+    broker: StubBroker,
+) -> None:
+    recorder = Recorder()
+    broker.add_middleware(recorder)
+    got = Ledger()
+
+    @dramatiq.actor(broker=broker)
+    def shipped(result: str) -> None:
+        got.add("pipe", result)
+
+    def slow() -> str:
+        got.add("run", "slow")
+        time.sleep(0.5)
+        return "done"
+
+    @saga_task(broker=broker, store=MemoryStore(lock_ttl=1))
+    def work(saga: Saga) -> str:
+        return saga.step("slow", slow)  # type: ignore[no-any-return]
+
+    message = work.message_with_options(pipe_target=shipped.message().asdict())
+    worker = run_worker(broker, threads=2)
+    try:
+        broker.enqueue(message)
+        broker.enqueue(message)  # the same message id, delivered twice at once
+        conformance.wait_for(lambda: got.kinds("pipe"), 10, "the pipe")
+        time.sleep(2.5)  # the deferred duplicate comes back and ends
+    finally:
+        worker.stop()
+    assert got.entries == [("run", "slow"), ("pipe", "done")]
+    deferred = [m for m, d in recorder.sent if m.message_id == message.message_id and d]
+    assert deferred and all(TOKEN_OPTION not in m.options for m in deferred)
+    assert all(m.options[DUPLICATE_OPTION] for m in deferred)
+
+
+def test_the_actor_time_limit_is_the_delivery_budget(
+    broker: StubBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an actor limited to 1 s whose step overruns on its first attempt,
+    ledger = Ledger()
+
+    def overrun() -> str:
+        ledger.add("start", str(current_step().attempt))
+        if current_step().attempt == 1:
+            for _ in range(40):
+                time.sleep(0.05)
+        return "done"
+
+    store = MemoryStore(lock_ttl=2)
+
+    @saga_task(broker=broker, store=store, time_limit=1000, store_results=True,
+               retry=Retry(attempts=2, initial=0.1, jitter=False))
+    def limited(saga: Saga) -> str:
+        return saga.step("work", overrun)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dramatiq"):
+            message = limited.send()
+            assert limited.get_saga_result(message, block=True, timeout=10_000) == "done"
+    finally:
+        worker.stop()
+    # then the journal cut the attempt (a StepTimeout, retried by the step's policy)
+    # before Dramatiq's TimeLimit had to interrupt the worker thread.
+    execution = store.get(message.message_id)
+    assert execution is not None
+    [record] = execution.steps
+    assert record.attempts == 2
+    assert ledger.kinds("start") == ["1", "2"]
+    assert not [r for r in caplog.records if "Time limit exceeded" in r.getMessage()]
+    assert not [r for r in caplog.records if "was skipped" in r.getMessage()]
+
+
+def abandoned_checkout(broker: StubBroker, store: MemoryStore) -> Any:
+    """A saga actor whose first delivery dies mid-step (the worker is gone) and whose
+    message is not retried by Dramatiq: only recovery can bring it back."""
+    died: list[bool] = []
+
+    def charge(order: str) -> str:
+        if not died:
+            died.append(True)
+            raise Crash()
+        return f"paid {order}"
+
+    @saga_task(broker=broker, store=store, store_results=True, max_retries=0,
+               actor_name="checkout")
+    def checkout(saga: Saga, order: str) -> str:
+        return saga.step("charge", charge, order)  # type: ignore[no-any-return]
+
+    return checkout
+
+
+def test_recover_enqueues_an_abandoned_execution_with_its_message_id(
+    broker: StubBroker,
+) -> None:
+    # Given an execution whose delivery died and whose message is gone,
+    store = MemoryStore(lock_ttl=0.2)
+    checkout = abandoned_checkout(broker, store)
+    worker = run_worker(broker)
+    try:
+        message = checkout.send("7")
+        broker.join("default", fail_fast=False)
+        worker.join()
+        assert [m.message_id for m in broker.dead_letters] == [message.message_id]
+        time.sleep(0.3)
+        # when recovery runs, the same message id is enqueued once and finishes.
+        assert recover(broker, store) == 1
+        assert recover(broker, store) == 0  # held back: not sent twice
+        conformance.wait_for(
+            lambda: (e := store.get(message.message_id)) is not None
+            and e.status == "succeeded", 10, "the recovered saga",
+        )
+        assert checkout.get_saga_result(message, block=True, timeout=10_000) == "paid 7"
+    finally:
+        worker.stop()
+
+
+def test_enable_recovery_runs_in_the_worker(broker: StubBroker) -> None:
+    store = MemoryStore(lock_ttl=0.2)
+    checkout = abandoned_checkout(broker, store)
+    enable_recovery(broker, store, interval=0.1)
+    [middleware] = [m for m in broker.middleware if isinstance(m, SagaMiddleware)]
+    assert middleware.recovery == (store, 0.1)
+    worker = run_worker(broker)
+    try:
+        message = checkout.send("8")
+        conformance.wait_for(
+            lambda: (e := store.get(message.message_id)) is not None
+            and e.status == "succeeded", 10, "the recovered saga",
+        )
+        assert checkout.get_saga_result(message) == "paid 8"
+    finally:
+        worker.stop()
+
+
+def test_a_direct_call_runs_the_saga_in_process(broker: StubBroker) -> None:
+    store = MemoryStore()
+
+    @saga_task(broker=broker, store=store, key=lambda order: f"order-{order}")
+    def checkout(saga: Saga, order: str) -> str:
+        return saga.step("charge", lambda: f"paid {order}")  # type: ignore[no-any-return]
+
+    assert checkout("9") == "paid 9"
+    assert store.get("order-9") is not None
