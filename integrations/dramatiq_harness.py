@@ -1,0 +1,166 @@
+"""Real `dramatiq` worker processes for the conformance suite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from dramatiq import Message
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.results import ResultFailure, ResultMissing
+from dramatiq.results.backends import RedisBackend
+
+from kompensa_workers import RedisStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DramatiqWorker:
+    """``dramatiq`` with one worker process of ``threads`` threads."""
+
+    def __init__(self, env: dict[str, str], threads: int, name: str) -> None:
+        self.log = Path(tempfile.mkstemp(prefix=f"kw-{name}-", suffix=".log")[1])
+        command = [
+            sys.executable, "-m", "dramatiq", "integrations.apps.dramatiq_app",
+            "--processes", "1", "--threads", str(threads), "--queues", env["KW_QUEUE"],
+            "--worker-shutdown-timeout", "5000",
+        ]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill() takes all of it
+            )
+        deadline = time.monotonic() + 60
+        while "ready for action" not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dramatiq did not start:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def kill_main(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):  # worker processes left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class DramatiqHarness:
+    """One broker, one journal namespace, one queue; workers on demand."""
+
+    def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
+        self.lock_ttl = lock_ttl
+        self.namespace = f"kwd-{uuid.uuid4().hex[:8]}"
+        self.queue = f"kwq{uuid.uuid4().hex[:8]}"
+        self.env = {
+            **os.environ, "KW_BROKER_URL": broker_url, "KW_REDIS_URL": redis_url,
+            "KW_NAMESPACE": self.namespace, "KW_QUEUE": self.queue,
+            "KW_LOCK_TTL": str(lock_ttl), "PYTHONPATH": str(ROOT),
+        }
+        self.env.pop("KW_RECOVERY", None)
+        self.broker = (
+            RabbitmqBroker(url=broker_url) if broker_url.startswith("amqp")
+            else RedisBroker(url=broker_url, namespace=f"{self.namespace}-broker")
+        )
+        self.broker.declare_queue(self.queue)
+        self.backend = RedisBackend(url=redis_url, namespace=f"{self.namespace}-results")
+        self.store = RedisStore.from_url(redis_url, namespace=self.namespace)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.sent: dict[str, Message[Any]] = {}
+        self.workers: list[DramatiqWorker] = []
+
+    def start_worker(
+        self, *, concurrency: int = 4, recovery: float | None = None
+    ) -> DramatiqWorker:
+        env = dict(self.env)
+        if recovery is not None:
+            env["KW_RECOVERY"] = str(recovery)
+        worker = DramatiqWorker(env, concurrency, f"w{len(self.workers)}-{self.namespace}")
+        self.workers.append(worker)
+        return worker
+
+    def send(self, saga: str, *args: Any, message_id: str | None = None,
+             **options: Any) -> str:
+        message: Message[Any] = Message(
+            queue_name=self.queue, actor_name=saga, args=args, kwargs={}, options=options,
+        )
+        if message_id is not None:
+            message = message.copy(message_id=message_id)
+        self.broker.enqueue(message)
+        self.sent[message.message_id] = message
+        return str(message.message_id)
+
+    def send_ordinary(self, tag: str) -> str:
+        return self.send("kw.ordinary", tag)
+
+    def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
+        message = self.sent[message_id]
+        deadline = time.monotonic() + timeout
+        while True:  # polled: a long blocking read outlives redis-py's socket timeout
+            try:
+                value = self.backend.get_result(message)
+            except ResultMissing:
+                if time.monotonic() > deadline:
+                    logs = "\n".join(w.tail() for w in self.workers)
+                    raise AssertionError(f"{message_id}: no result in {timeout}s\n{logs}") from None
+                time.sleep(0.1)
+                continue
+            except ResultFailure:
+                key = message_id if message.actor_name != "kw.keyed" else f"order-{message.args[0]}"
+                execution = self.store.get(key)
+                return ("failure", execution.exception() if execution is not None else None)
+            return ("success", value)
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(f"{self.namespace}:ledger", 0, -1)]
+
+    def kill_child(self, pid: int) -> None:
+        """kill -9 the worker process running a step. Dramatiq then stops the whole
+        instance, so a replacement is started, as a supervisor would."""
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(pid, signal.SIGKILL)
+        for worker in self.workers:
+            if worker.process.pid == parent:
+                worker.process.wait(30)
+        self.start_worker()
+
+    def pause(self, pid: int, seconds: float) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if isinstance(self.broker, RabbitmqBroker):
+            channel = self.broker.channel
+            for queue in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
+                with contextlib.suppress(Exception):
+                    channel.queue_delete(queue)
+        self.broker.close()
