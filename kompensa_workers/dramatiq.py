@@ -40,7 +40,13 @@ try:
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.common import current_millis, q_name
     from dramatiq.middleware import SkipMessage, TimeLimit
-    from dramatiq.results import ResultBackend, ResultFailure, ResultMissing, Results
+    from dramatiq.results import (
+        ResultBackend,
+        ResultFailure,
+        ResultMissing,
+        Results,
+        ResultTimeout,
+    )
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "kompensa_workers.dramatiq needs Dramatiq: pip install 'kompensa-workers[dramatiq]'"
@@ -251,16 +257,29 @@ class SagaActor(Actor[..., Any]):
     ) -> Any:
         """``message.get_result()`` with the saga's own error: a failed saga raises
         its SagaFailed / CompensationFailed / SagaCancelled (with the failed step,
-        the cause and compensation errors) rather than Dramatiq's ResultFailure."""
+        the cause and compensation errors) rather than Dramatiq's ResultFailure.
+
+        ``block`` polls the backend until ``timeout`` ms (default 10 s) pass, then
+        raises ResultTimeout: a blocking read longer than the Redis client's socket
+        timeout (5 s by default in redis-py 8) would fail instead of waiting.
+        """
         backend = self.broker.get_results_backend()
-        try:
-            return backend.get_result(message, block=block, timeout=timeout)
-        except ResultFailure:
-            execution = self.saga.store.get(self.key_of(message))
-            error = execution.exception() if execution is not None else None
-            if error is None:
-                raise
-            raise error from None
+        deadline = time.monotonic() + (10_000 if timeout is None else timeout) / 1000
+        while True:
+            try:
+                return backend.get_result(message)
+            except ResultMissing:
+                if not block:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ResultTimeout(message) from None  # type: ignore[no-untyped-call]
+                time.sleep(0.05)
+            except ResultFailure:
+                execution = self.saga.store.get(self.key_of(message))
+                error = execution.exception() if execution is not None else None
+                if error is None:
+                    raise
+                raise error from None
 
 
 def _lasting_options(options: Mapping[str, Any]) -> dict[str, Any]:
