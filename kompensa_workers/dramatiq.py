@@ -24,6 +24,7 @@ executions whose worker died and whose message never came back.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
@@ -336,6 +337,7 @@ class SagaMiddleware(Middleware):
 
     def after_skip_message(self, broker: Broker, message: Any) -> None:
         _state.delivery = None
+        _state.quiet = False  # the worker has logged (or not) by now
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self.recovery is None:
@@ -402,6 +404,11 @@ def saga_task(
     def decorator(saga_fn: SagaFunction) -> SagaActor:
         if not callable(saga_fn):
             raise TypeError(f"saga_task decorates a saga function or Flow, got {saga_fn!r}")
+        if inspect.iscoroutinefunction(saga_fn):
+            raise TypeError(
+                f"saga_task: {saga_fn!r} is an async def; saga functions are plain def "
+                "(their steps may do anything, including run a coroutine to the end)"
+            )
         target = broker or dramatiq.get_broker()
         _middleware(target)
         config = _Saga(saga_fn, key, store or default_store(target), retry, lock_ttl,
