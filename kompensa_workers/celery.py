@@ -206,7 +206,7 @@ class SagaTask(Task):  # type: ignore[misc]
             self.journal(), lock_wait=self.journal().lock_ttl, lock_ttl=self.saga_lock_ttl,
             max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
         )
-        return runner.run(type(self).saga, *args, idempotency_key=key, **kwargs)
+        return runner.execute(type(self).saga, args, kwargs, key=key, name=self.name)
 
 
 def _without_token(headers: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from .delivery import (
     deliver,
     saga_name,
 )
-from .errors import KompensaError, LeaseLost, StoreUnavailable
+from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
 from .retry import Retry
 from .runner import SagaRunner
 from .store import Store
@@ -75,12 +75,14 @@ __all__ = ["SagaActor", "SagaMiddleware", "enable_recovery", "recover", "saga_ta
 logger = logging.getLogger("kompensa_workers.dramatiq")
 
 TOKEN_OPTION = "kompensa_lease_token"
-DUPLICATE_OPTION = "kompensa_duplicate"  # deferred because another delivery held it
+RESENT_OPTION = "kompensa_resent"  # enqueued by this adapter, not by the sender
 # Options that belong to one delivery, not to the message sent again.
 TRANSIENT_OPTIONS = frozenset({
-    TOKEN_OPTION, DUPLICATE_OPTION, "redis_message_id", "eta", "traceback",
+    TOKEN_OPTION, RESENT_OPTION, "redis_message_id", "eta", "traceback",
     "requeue_timestamp",
 })
+# The errors a failed saga ends with, by the name Dramatiq's Results keeps.
+SAGA_ERRORS = frozenset({"SagaFailed", "CompensationFailed", "SagaCancelled"})
 SagaFunction = Callable[..., Any]
 
 
@@ -171,9 +173,17 @@ class SagaActor(Actor[..., Any]):
         except StoreUnavailable:
             self._send_again(message, min(self.saga.store.lock_ttl, 5.0))
             raise self._quiet_end(message, key, "journal unreachable; sent again") from None
+        except NonDeterminismError as exc:
+            # The code changed under a running execution: nothing was written. Try
+            # again once the lease lapses (a rolled-back deploy resumes it; after
+            # max_deliveries such deliveries it fails as poison and rolls back).
+            logger.error("%s[%s]: %s; sent again in %ss", self.actor_name, key, exc,
+                         self.saga.store.lock_ttl)
+            self._send_again(message, self.saga.store.lock_ttl)
+            raise self._quiet_end(message, key, "replay diverged; sent again") from None
         if (
             isinstance(outcome, (Finished, Failed)) and outcome.cached
-            and key == message.message_id and not self._should_report(message)
+            and not self._should_report(message, key)
         ):
             raise self._quiet_end(message, key, "already ended and reported")
         if isinstance(outcome, Finished):
@@ -185,15 +195,19 @@ class SagaActor(Actor[..., Any]):
             self._send_again(message, outcome.delay, token=outcome.lease_token)
             raise self._quiet_end(message, key, f"waiting {outcome.delay:.3g}s in the broker")
         assert isinstance(outcome, Busy)
-        self._send_again(message, outcome.after, duplicate=True)
+        self._send_again(message, outcome.after)
         raise self._quiet_end(message, key, "another delivery holds it; deferred")
 
-    def _should_report(self, message: Any) -> bool:
-        """A delivery of this message id found the saga ended. Report it again only
-        if the delivery that ended it may not have: not for a deferred duplicate,
-        and not when the result backend already holds the outcome."""
-        if message.options.get(DUPLICATE_OPTION):
-            return False
+    def _should_report(self, message: Any, key: str) -> bool:
+        """This delivery found the saga ended and ran nothing. Report the outcome
+        only if no delivery of this message id did: not when this is a copy the
+        adapter enqueued and a delivery of the same message id ended the saga, and
+        not when the result backend already holds it. Unsure, report (at least once)."""
+        if message.options.get(RESENT_OPTION):
+            execution = self.saga.store.get(key)
+            ended_by = (execution.dispatch or {}).get("id") if execution else None
+            if ended_by == message.message_id:
+                return False
         backend = _results_backend(self.broker, self, message)
         if backend is None:
             return True
@@ -205,18 +219,14 @@ class SagaActor(Actor[..., Any]):
             return False
         return False
 
-    def _send_again(
-        self, message: Any, delay: float, *, token: str | None = None,
-        duplicate: bool = False,
-    ) -> None:
+    def _send_again(self, message: Any, delay: float, *, token: str | None = None) -> None:
         """The same message id, later, with the options it came with. If the broker
         refuses it the error propagates: Dramatiq's Retries sends the message again
         (and :func:`recover` would find the execution once its lease expires)."""
         options = _lasting_options(message.options)
+        options[RESENT_OPTION] = True
         if token:
             options[TOKEN_OPTION] = token
-        if duplicate:
-            options[DUPLICATE_OPTION] = True
         again: Message[Any] = Message(
             queue_name=q_name(message.queue_name), actor_name=message.actor_name,
             args=tuple(message.args), kwargs=dict(message.kwargs), options=options,
@@ -251,7 +261,7 @@ class SagaActor(Actor[..., Any]):
             store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
             max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
         )
-        return runner.run(self.saga.fn, *args, idempotency_key=key, **kwargs)
+        return runner.execute(self.saga.fn, args, kwargs, key=key, name=self.actor_name)
 
     def get_saga_result(
         self, message: Message[Any], *, block: bool = False, timeout: int | None = None,
@@ -275,7 +285,9 @@ class SagaActor(Actor[..., Any]):
                 if time.monotonic() >= deadline:
                     raise ResultTimeout(message) from None  # type: ignore[no-untyped-call]
                 time.sleep(0.05)
-            except ResultFailure:
+            except ResultFailure as failure:
+                if failure.orig_exc_type not in SAGA_ERRORS:
+                    raise  # refused before it ran (IdempotencyConflict, ...)
                 execution = self.saga.store.get(self.key_of(message))
                 error = execution.exception() if execution is not None else None
                 if error is None:
@@ -320,7 +332,7 @@ class SagaMiddleware(Middleware):
 
     def __init__(self) -> None:
         self.recovery: tuple[Store | None, float] | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # a new one for each worker boot
 
     def before_process_message(self, broker: Broker, message: Any) -> None:
         actor = broker.get_actor(message.actor_name)
@@ -343,9 +355,10 @@ class SagaMiddleware(Middleware):
         if self.recovery is None:
             return
         store, interval = self.recovery
+        stop = self._stop = threading.Event()
 
         def loop() -> None:
-            while not self._stop.wait(interval):
+            while not stop.wait(interval):
                 try:
                     recover(broker, store)
                 except Exception:
@@ -444,27 +457,47 @@ def default_store(broker: Broker) -> Store:
         )
     from .redisstore import RedisStore
 
-    return RedisStore(broker.client)
+    # One journal per broker namespace: two apps on one Redis keep apart.
+    suffix = "" if broker.namespace == "dramatiq" else f"-{broker.namespace}"
+    return RedisStore(broker.client, namespace=f"kompensa{suffix}")
 
 
 def recover(broker: Broker, store: Store | None = None, *, limit: int = 100) -> int:
     """Enqueue again the executions whose lease expired and whose message never came
-    back (a worker killed with its messages unacknowledged). Returns how many."""
-    journal = store or default_store(broker)
+    back (a worker killed with its messages unacknowledged). Returns how many.
+
+    ``store`` defaults to the journals of the broker's saga actors."""
     sent = 0
-    for key in journal.take_due(limit, hold=journal.lock_ttl):
-        execution = journal.get(key)
-        dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
-        if not dispatch or dispatch.get("broker") != "dramatiq":
-            continue
-        broker.enqueue(Message(
-            queue_name=dispatch["queue"], actor_name=dispatch["actor"],
-            args=tuple(dispatch["args"]), kwargs=dict(dispatch["kwargs"]),
-            options=dict(dispatch.get("options") or {}), message_id=dispatch["id"],
-        ))
-        logger.info("recovered %s[%s] as message %s", dispatch["actor"], key, dispatch["id"])
-        sent += 1
+    for journal in [store] if store is not None else _journals(broker):
+        for key in journal.take_due(limit, hold=journal.lock_ttl):
+            execution = journal.get(key)
+            dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
+            if not dispatch or dispatch.get("broker") != "dramatiq":
+                continue
+            actor = broker.actors.get(dispatch["actor"])
+            if not isinstance(actor, SagaActor):
+                logger.warning("cannot recover %s: no saga actor %r on this broker",
+                               key, dispatch["actor"])
+                continue
+            options = dict(dispatch.get("options") or {})
+            options[RESENT_OPTION] = True
+            broker.enqueue(Message(
+                queue_name=actor.queue_name, actor_name=actor.actor_name,
+                args=tuple(dispatch["args"]), kwargs=dict(dispatch["kwargs"]),
+                options=options, message_id=dispatch["id"],
+            ))
+            logger.info("recovered %s[%s] as message %s", actor.actor_name, key, dispatch["id"])
+            sent += 1
     return sent
+
+
+def _journals(broker: Broker) -> list[Store]:
+    """The stores the broker's saga actors journal to (else the broker's default)."""
+    stores: dict[int, Store] = {}
+    for actor in list(broker.actors.values()):
+        if isinstance(actor, SagaActor):
+            stores.setdefault(id(actor.saga.store), actor.saga.store)
+    return list(stores.values()) or [default_store(broker)]
 
 
 def enable_recovery(
@@ -473,4 +506,7 @@ def enable_recovery(
     """Run :func:`recover` every ``interval`` seconds in each worker process."""
     number("enable_recovery", "interval", interval, inclusive=False)
     check_store("enable_recovery", store)
-    _middleware(broker or dramatiq.get_broker()).recovery = (store, interval)
+    target = broker or dramatiq.get_broker()
+    if store is None:
+        _journals(target)  # no saga actor and no Redis: say so now, not every pass
+    _middleware(target).recovery = (store, interval)

@@ -82,13 +82,26 @@ class SagaRunner:
         when the execution ends without a result.
         """
         key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
+        return self.execute(fn, args, kwargs, key=key)
+
+    def execute(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: str,
+        name: str | None = None,
+    ) -> T:
+        """:meth:`run` with the arguments as values, and the saga journaled under
+        ``name`` (adapters pass their task or actor name, as their deliveries do)."""
         lease_token: str | None = None
         waited = 0.0
         while True:
             outcome = deliver(
                 fn, args, kwargs, key=key, store=self.store, lease_token=lease_token,
                 hooks=self.hooks, clock=self.clock, lock_ttl=self.lock_ttl,
-                max_deliveries=self.max_deliveries, retry=self.retry,
+                max_deliveries=self.max_deliveries, retry=self.retry, name=name,
             )
             if isinstance(outcome, Finished):
                 return outcome.result  # type: ignore[no-any-return]

@@ -28,7 +28,7 @@ from kompensa_workers import (
     current_step,
 )
 from kompensa_workers.dramatiq import (
-    DUPLICATE_OPTION,
+    RESENT_OPTION,
     TOKEN_OPTION,
     SagaMiddleware,
     default_store,
@@ -268,7 +268,7 @@ def test_a_duplicate_is_deferred_without_a_token_and_reports_nothing(
     assert got.entries == [("run", "slow"), ("pipe", "done")]
     deferred = [m for m, d in recorder.sent if m.message_id == message.message_id and d]
     assert deferred and all(TOKEN_OPTION not in m.options for m in deferred)
-    assert all(m.options[DUPLICATE_OPTION] for m in deferred)
+    assert all(m.options[RESENT_OPTION] for m in deferred)
 
 
 def test_the_actor_time_limit_is_the_delivery_budget(
@@ -380,3 +380,205 @@ def test_a_direct_call_runs_the_saga_in_process(broker: StubBroker) -> None:
 
     assert checkout("9") == "paid 9"
     assert store.get("order-9") is not None
+
+
+# -- reporting once, whoever finishes ---------------------------------------------
+
+
+class SkewedClock:
+    """The wall clock, plus a skew a test can jump (a paused process)."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def test_a_delivery_that_lost_its_lease_does_not_report_again_without_results(
+    broker: StubBroker,
+) -> None:
+    # Given no stored results (Dramatiq's default) and a delivery whose lease lapses
+    # mid-step while recovery's copy of the same message finishes the saga,
+    clock = SkewedClock()
+    store = MemoryStore(lock_ttl=2.0, clock=clock)
+    fired = Ledger()
+    key: list[str] = []
+
+    @dramatiq.actor(broker=broker)
+    def succeeded(message: dict[str, Any], result: str) -> None:
+        fired.add("on_success", result)
+
+    def slow() -> str:
+        if not fired.kinds("paused"):
+            fired.add("paused", "")
+            clock.skew = 1000.0  # this delivery's lease lapses (a GC pause, SIGSTOP)
+            assert recover(broker, store) == 1
+            conformance.wait_for(
+                lambda: (e := store.get(key[0])) is not None and e.status == "succeeded",
+                10, "the recovered copy to finish",
+            )
+        return "done"
+
+    @saga_task(broker=broker, store=store, on_success="succeeded")
+    def checkout(saga: Saga) -> str:
+        return saga.step("slow", slow)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker, threads=4)
+    try:
+        key.append(checkout.send().message_id)
+        conformance.wait_for(lambda: fired.kinds("on_success"), 10, "the callback")
+        time.sleep(2.0)  # the paused delivery's re-send comes back and ends
+    finally:
+        worker.stop()
+    # then the callback fired once: the copy that finished reported, nobody else.
+    assert fired.kinds("on_success") == ["done"]
+
+
+def test_a_duplicate_with_a_business_key_reports_once(broker: StubBroker) -> None:
+    fired = Ledger()
+
+    @dramatiq.actor(broker=broker)
+    def succeeded(message: dict[str, Any], result: str) -> None:
+        fired.add("on_success", result)
+
+    def charge() -> str:
+        time.sleep(0.5)
+        return "paid"
+
+    @saga_task(broker=broker, store=MemoryStore(lock_ttl=1), on_success="succeeded",
+               key=lambda order: f"order-{order}")
+    def checkout(saga: Saga, order: str) -> str:
+        return saga.step("charge", charge)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker, threads=2)
+    try:
+        message = checkout.message("7")
+        broker.enqueue(message)
+        broker.enqueue(message)  # the same message, delivered twice at once
+        conformance.wait_for(lambda: fired.entries, 10, "the callback")
+        time.sleep(2.5)  # the deferred copy comes back and ends
+        # A new message with the same business key is a new request: it is answered.
+        checkout.send("7")
+        conformance.wait_for(lambda: len(fired.entries) == 2, 10, "the second answer")
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    assert fired.kinds("on_success") == ["paid", "paid"]
+
+
+def test_a_refused_message_does_not_borrow_another_orders_error(broker: StubBroker) -> None:
+    store = MemoryStore()
+
+    def charge(amount: int) -> None:
+        raise ValueError("card declined")
+
+    @saga_task(broker=broker, store=store, store_results=True, key=lambda order, amount: order)
+    def checkout(saga: Saga, order: str, amount: int) -> None:
+        saga.step("charge", charge, amount)
+
+    worker = run_worker(broker)
+    try:
+        first = checkout.send("o-1", 10)
+        with pytest.raises(SagaFailed):
+            checkout.get_saga_result(first, block=True, timeout=10_000)
+        other = checkout.send("o-1", 99)  # the same key, other arguments: refused
+        with pytest.raises(ResultFailure) as refused:
+            checkout.get_saga_result(other, block=True, timeout=10_000)
+    finally:
+        worker.stop()
+    assert refused.value.orig_exc_type == "IdempotencyConflict"
+
+
+def test_a_direct_call_and_a_message_are_the_same_saga(broker: StubBroker) -> None:
+    store = MemoryStore()
+
+    @saga_task(broker=broker, store=store, store_results=True, key=lambda order: order)
+    def checkout(saga: Saga, order: str) -> str:
+        return saga.step("charge", lambda: f"paid {order}")  # type: ignore[no-any-return]
+
+    assert checkout("o-1") == "paid o-1"
+    worker = run_worker(broker)
+    try:
+        message = checkout.send("o-1")  # answered from the journal, not refused
+        assert checkout.get_saga_result(message, block=True, timeout=10_000) == "paid o-1"
+    finally:
+        worker.stop()
+
+
+def test_code_changed_under_a_waiting_saga_resumes_once_it_matches_again(
+    broker: StubBroker,
+) -> None:
+    store = MemoryStore(lock_ttl=0.5)
+    version = [1]
+
+    def flaky() -> str:
+        if current_step().attempt == 1:
+            raise TransientError("later")
+        return "ok"
+
+    @saga_task(broker=broker, store=store, store_results=True,
+               retry=Retry(attempts=3, initial=0.5, jitter=False))
+    def checkout(saga: Saga) -> str:
+        saga.step("a" if version[0] == 1 else "renamed", lambda: 1)
+        return saga.step("b", flaky)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker)
+    try:
+        message = checkout.send()
+        conformance.wait_for(
+            lambda: (e := store.get(message.message_id)) is not None and e.status == "waiting",
+            10, "the retry to be scheduled",
+        )
+        version[0] = 2  # a deploy renames the first step while the retry waits
+        time.sleep(1.5)
+        assert not broker.dead_letters  # not failed for good
+        version[0] = 1  # the deploy is rolled back
+        assert checkout.get_saga_result(message, block=True, timeout=10_000) == "ok"
+    finally:
+        worker.stop()
+
+
+def test_recovery_runs_again_after_a_worker_restart(broker: StubBroker) -> None:
+    store = MemoryStore(lock_ttl=0.2)
+    passes = Ledger()
+    original = store.take_due
+
+    def counted(limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
+        passes.add("pass")
+        return original(limit, hold, max_hold)
+
+    store.take_due = counted  # type: ignore[method-assign]
+
+    @saga_task(broker=broker, store=store)
+    def checkout(saga: Saga) -> None:
+        saga.step("a", lambda: 1)
+
+    enable_recovery(broker, interval=0.05)  # the actors' own journal
+    for _ in range(2):
+        worker = run_worker(broker)
+        before = len(passes.entries)
+        time.sleep(0.4)
+        worker.stop()
+        assert len(passes.entries) > before
+
+
+def test_the_default_journal_follows_the_broker_namespace() -> None:
+    from dramatiq.brokers.redis import RedisBroker
+
+    shop = default_store(RedisBroker(namespace="shop"))
+    billing = default_store(RedisBroker(namespace="billing"))
+    plain = default_store(RedisBroker())
+    assert {shop.namespace, billing.namespace, plain.namespace} == {  # type: ignore[attr-defined]
+        "kompensa-shop", "kompensa-billing", "kompensa",
+    }
+
+
+def test_async_saga_functions_are_refused(broker: StubBroker) -> None:
+    async def checkout(saga: Saga) -> None: ...
+
+    with pytest.raises(TypeError, match="async def"):
+        saga_task(broker=broker, store=MemoryStore())(checkout)
