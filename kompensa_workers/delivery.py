@@ -62,6 +62,7 @@ __all__ = [
     "Outcome",
     "RetryLater",
     "deliver",
+    "delivery_budget",
     "saga_name",
 ]
 
@@ -102,6 +103,13 @@ class Busy:
 
 Outcome = Finished | Failed | RetryLater | Busy
 SagaFunction = Callable[..., Any]
+
+
+def delivery_budget(limit: float) -> float:
+    """The ``time_limit`` to give :func:`deliver` under a broker's own limit of
+    ``limit`` seconds: less a margin (10 %, between 0.25 s and 5 s) so the journal
+    stops the saga before the broker interrupts or kills the worker."""
+    return max(limit - min(max(limit * 0.1, 0.25), 5.0), limit / 2)
 
 
 def saga_name(fn: SagaFunction) -> str:

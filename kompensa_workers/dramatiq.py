@@ -63,6 +63,7 @@ from .delivery import (
     Finished,
     RetryLater,
     deliver,
+    delivery_budget,
     saga_name,
 )
 from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
@@ -321,8 +322,7 @@ def _time_budget(broker: Broker, actor: Actor[..., Any], message: Any) -> float 
     )
     if not isinstance(limit, (int, float)) or limit <= 0 or math.isinf(limit):
         return None
-    seconds = limit / 1000
-    return max(seconds - min(max(seconds * 0.1, 0.25), 5.0), seconds / 2)
+    return delivery_budget(limit / 1000)
 
 
 class SagaMiddleware(Middleware):

@@ -1,0 +1,48 @@
+"""The RQ queue and saga jobs the integration suites run in real `rq worker`
+processes (``-w integrations.apps.rq_app.Worker``, JSON serializer).
+
+Configured from the environment the harness sets: KW_BROKER_URL (the RQ Redis),
+KW_REDIS_URL (journal and the effects ledger), KW_NAMESPACE, KW_QUEUE, KW_LOCK_TTL.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from integrations.apps import sagas
+from kompensa_workers.rq import SagaJob, SagaWorker, saga_task
+
+queue = Queue(os.environ["KW_QUEUE"], connection=Redis.from_url(os.environ["KW_BROKER_URL"]),
+              serializer=JSONSerializer)
+store = sagas.journal()
+
+
+def saga_job(name: str, fn: Any, **options: Any) -> SagaJob:
+    return saga_task(queue, store=store, name=f"{__name__}.{name}", **options)(fn)
+
+
+checkout = saga_job("checkout", sagas.checkout)
+flaky = saga_job("flaky", sagas.flaky)
+doomed = saga_job("doomed", sagas.doomed)
+slow = saga_job("slow", sagas.slow)
+keyed = saga_job("keyed", sagas.keyed, key=sagas.order_key)
+# .delay() applies timeout=3; the suite sends by path and passes it itself.
+limited = saga_job("limited", sagas.overrun_once, timeout=3)
+
+
+def ordinary(tag: str) -> str:
+    """A plain job, to show the worker is free while a saga waits."""
+    sagas.mark("ordinary", tag=tag)
+    return tag
+
+
+class Worker(SagaWorker):
+    """Recovery every second, on the suite's journal."""
+
+    recovery_store = store
+    recovery_interval = 1.0

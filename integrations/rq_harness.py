@@ -1,0 +1,175 @@
+"""Real `rq worker --with-scheduler` processes for the conformance suite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from kompensa_workers import RedisStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def session_members(session: int) -> list[int]:
+    """Every live process in ``session``: a worker, its work horse (which RQ moves to
+    a process group of its own) and its scheduler."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class RQWorker:
+    """``count`` `rq worker` processes on one queue (RQ runs one job per worker)."""
+
+    def __init__(self, env: dict[str, str], count: int, name: str) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        for index in range(count):
+            log = Path(tempfile.mkstemp(prefix=f"kw-{name}-{index}-", suffix=".log")[1])
+            command = [
+                sys.executable, "-m", "rq.cli", "worker", "-u", env["KW_BROKER_URL"],
+                "-w", "integrations.apps.rq_app.Worker", "-S", "rq.serializers.JSONSerializer",
+                "--with-scheduler", "--maintenance-interval", "5", "-n", f"{name}-{index}",
+                env["KW_QUEUE"],
+            ]
+            with log.open("wb") as out:
+                self.processes.append(subprocess.Popen(
+                    command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own session: kill() finds all of it
+                ))
+            self.logs.append(log)
+        deadline = time.monotonic() + 60
+        for process, log in zip(self.processes, self.logs, strict=True):
+            while "Listening on" not in log.read_text(errors="replace"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"rq worker did not start:\n{self.tail()}")
+                time.sleep(0.1)
+
+    def tail(self) -> str:
+        return "\n".join(log.read_text(errors="replace")[-3000:] for log in self.logs)
+
+    def kill(self) -> None:
+        """kill -9 everything: the workers, their horses and schedulers."""
+        for process in self.processes:
+            for pid in session_members(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+
+    def kill_main(self) -> None:
+        """kill -9 the main worker processes only: horses and schedulers live on."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait(10)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(20)
+        self.kill()  # whatever is left behind (orphaned horses, schedulers)
+
+
+class RQHarness:
+    """One RQ Redis, one journal namespace, one queue; workers on demand."""
+
+    def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
+        self.lock_ttl = lock_ttl
+        self.namespace = f"kwr-{uuid.uuid4().hex[:8]}"
+        self.queue_name = f"kwq{uuid.uuid4().hex[:8]}"
+        self.env = {
+            **os.environ, "KW_BROKER_URL": broker_url, "KW_REDIS_URL": redis_url,
+            "KW_NAMESPACE": self.namespace, "KW_QUEUE": self.queue_name,
+            "KW_LOCK_TTL": str(lock_ttl), "PYTHONPATH": str(ROOT),
+        }
+        self.connection = redis.Redis.from_url(broker_url)
+        self.queue = Queue(self.queue_name, connection=self.connection,
+                           serializer=JSONSerializer)
+        self.store = RedisStore.from_url(redis_url, namespace=self.namespace)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.workers: list[RQWorker] = []
+
+    def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> RQWorker:
+        self._release_dead_scheduler_lock()
+        worker = RQWorker(self.env, concurrency, f"w{len(self.workers)}-{self.namespace}")
+        self.workers.append(worker)
+        return worker
+
+    def _release_dead_scheduler_lock(self) -> None:
+        """A killed scheduler holds its lock for 61 s; a test's new worker should
+        not wait that out (README: RQ caveats)."""
+        pid = self.queue.scheduler_pid
+        if pid is not None and not Path(f"/proc/{pid}").exists():
+            self.connection.delete(f"rq:scheduler-lock:{self.queue_name}")
+
+    def send(self, saga: str, *args: Any, message_id: str | None = None,
+             **options: Any) -> str:
+        """Enqueue by path, as a producer that does not import the app would."""
+        job = self.queue.enqueue_call(
+            f"integrations.apps.rq_app.{saga.removeprefix('kw.')}", args=args, job_id=message_id,
+            **options,
+        )
+        return str(job.id)
+
+    def send_ordinary(self, tag: str) -> str:
+        return str(self.queue.enqueue_call("integrations.apps.rq_app.ordinary", args=(tag,)).id)
+
+    def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = Job.fetch(message_id, connection=self.connection, serializer=JSONSerializer)
+            status = job.get_status()
+            if status == JobStatus.FINISHED:
+                return ("success", job.return_value())
+            if status == JobStatus.FAILED:
+                key = message_id if not job.func_name.endswith(".keyed") else (
+                    f"order-{job.args[0]}")
+                execution = self.store.get(key)
+                if execution is not None and execution.exception() is not None:
+                    return ("failure", execution.exception())
+                # a horse killed mid-step: RQ failed the job; recovery brings it back
+            time.sleep(0.1)
+        logs = "\n".join(w.tail() for w in self.workers)
+        raise AssertionError(f"{message_id}: no outcome in {timeout}s\n{logs}")
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(f"{self.namespace}:ledger", 0, -1)]
+
+    def kill_child(self, pid: int) -> None:
+        """kill -9 the work horse running a step (the worker lives on)."""
+        os.kill(pid, signal.SIGKILL)
+
+    def pause(self, pid: int, seconds: float) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()

@@ -1,0 +1,373 @@
+"""RQ adapter: ``saga_task(queue)`` makes a saga function an RQ job.
+
+Each delivery is one call to :func:`kompensa_workers.deliver`; this module only
+turns its outcome into RQ's terms::
+
+    Finished(result)          the job returns ``result`` (FINISHED, its return value)
+    Failed(error)             the job raises SagaFailed / CompensationFailed /
+                              SagaCancelled (FAILED: exc_info, FailedJobRegistry);
+                              an enqueue-time ``Retry`` never retries it
+    RetryLater(delay, token)  the job returns ``rq.Retry``: the same job id waits in
+                              the ScheduledJobRegistry with the lease token in
+                              ``job.meta`` (a scheduler must serve the queue)
+    Busy(after)               the same, without a new token
+
+A job killed with its work horse comes back through the lease: :func:`recover`
+(run by :class:`SagaWorker` in every worker) re-enqueues the same job id once the
+lease has expired, and an orphaned horse still running keeps its lease alive, so
+its replacement is deferred rather than run beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+try:
+    from redis import Redis
+    from rq import Queue, Worker, get_current_job
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+    from rq.job import Retry as RQRetry
+    from rq.registry import FailedJobRegistry
+    from rq.utils import import_attribute
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("kompensa_workers.rq needs RQ: pip install 'kompensa-workers[rq]'") from exc
+
+from ._check import count, instance, number
+from ._check import store as check_store
+from .codec import check_arguments
+from .delivery import (
+    DEFAULT_MAX_DELIVERIES,
+    Busy,
+    Failed,
+    Finished,
+    RetryLater,
+    deliver,
+    delivery_budget,
+)
+from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
+from .retry import Retry
+from .runner import SagaRunner
+from .store import Store
+
+__all__ = ["SagaJob", "SagaWorker", "recover", "saga_task", "scheduler_running"]
+
+logger = logging.getLogger("kompensa_workers.rq")
+
+TOKEN_META = "kompensa_lease_token"
+# What a job was enqueued with, kept for recovery to enqueue it the same way.
+RESEND_OPTIONS = ("timeout", "result_ttl", "ttl", "failure_ttl", "description")
+SagaFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Saga:
+    fn: SagaFunction
+    key: Callable[..., str] | None
+    store: Store
+    retry: Retry | None
+    lock_ttl: float | None
+    max_deliveries: int
+
+
+class SagaJob:
+    """A saga as an RQ job function: ``.delay(*args)`` / ``.enqueue(*args)`` return
+    the :class:`rq.job.Job`; the worker imports this object by ``path`` and calls it."""
+
+    def __init__(self, saga: _Saga, queue: Queue, path: str, options: dict[str, Any]) -> None:
+        self.saga = saga
+        self.queue = queue
+        self.path = path
+        self.options = options
+        self.__name__ = path.rsplit(".", 1)[-1]
+        self.__doc__ = getattr(saga.fn, "__doc__", None)
+        self._importable = False
+
+    def __repr__(self) -> str:
+        return f"<saga job {self.path}>"
+
+    def delay(self, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue ``fn(saga, *args, **kwargs)``; ``job_id=``, ``depends_on=`` and
+        ``at_front=`` are RQ's, as with ``@job``."""
+        return self.enqueue(*args, **kwargs)
+
+    def enqueue(
+        self, *args: Any, job_id: str | None = None, depends_on: Any = None,
+        at_front: bool = False, **kwargs: Any,
+    ) -> Job:
+        check_arguments(args, kwargs, owner=f"job {self.path!r}")
+        self._check_importable()
+        return self.queue.enqueue_call(
+            self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
+            at_front=at_front, **self.options,
+        )
+
+    def _check_importable(self) -> None:
+        """The worker imports the job function by path: it must find this object."""
+        if self._importable:
+            return
+        try:
+            found = import_attribute(self.path)
+        except Exception:
+            found = None
+        if found is not self:
+            raise KompensaError(
+                f"saga job {self.path!r}: a worker importing {self.path!r} would not find "
+                "this saga job; decorate the saga function at module level, or pass "
+                "name='module.attribute' naming where the saga job is bound"
+            )
+        self._importable = True
+
+    def key_of(self, job: Job) -> str:
+        """The execution a job belongs to."""
+        if self.saga.key is not None:
+            return self.saga.key(*job.args, **job.kwargs)
+        return str(job.id)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job = get_current_job()
+        if job is None or job.func_name != self.path:
+            return self._run_in_process(args, kwargs)
+        return self._deliver(job, args, kwargs)
+
+    def _deliver(self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = self.key_of(job)
+        timeout = job.timeout or self.queue.DEFAULT_TIMEOUT
+        try:
+            outcome = deliver(
+                self.saga.fn, args, kwargs, key=key, store=self.saga.store,
+                lease_token=job.meta.get(TOKEN_META), lock_ttl=self.saga.lock_ttl,
+                max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
+                dispatch=self._dispatch(job, args, kwargs), name=self.path,
+                time_limit=delivery_budget(timeout) if timeout > 0 else None,
+            )
+        except LeaseLost:
+            # Perhaps a newer delivery holds it; perhaps the lease just lapsed.
+            return self._later(job, key, 1.0, None, "lease lost mid-delivery")
+        except StoreUnavailable:
+            return self._later(job, key, min(self.saga.store.lock_ttl, 5.0), None,
+                               "journal unreachable")
+        except NonDeterminismError as exc:
+            # The code changed under a running execution; nothing was written. Try
+            # again once the lease lapses (after max_deliveries: poison, rolled back).
+            logger.error("%s[%s]: %s", self.path, key, exc)
+            return self._later(job, key, self.saga.store.lock_ttl, None, "replay diverged")
+        if isinstance(outcome, Finished):
+            return outcome.result
+        if isinstance(outcome, Failed):
+            job.retries_left = 0  # an enqueue-time Retry must not run it again
+            raise outcome.error
+        if isinstance(outcome, RetryLater):
+            return self._later(job, key, outcome.delay, outcome.lease_token, "a step waits")
+        assert isinstance(outcome, Busy)
+        return self._later(job, key, outcome.after, None, "another delivery holds it")
+
+    def _later(
+        self, job: Job, key: str, delay: float, token: str | None, why: str
+    ) -> RQRetry:
+        """This job id again after ``delay`` seconds: RQ schedules it (whole
+        seconds, rounded down, so one is added) and saves ``job.meta`` with it."""
+        if token:
+            job.meta[TOKEN_META] = token
+        else:  # keep a token the holder may have saved meanwhile
+            job.meta.pop(TOKEN_META, None)
+            job.meta.update(job.get_meta(refresh=True))
+        wait = 0.0 if delay <= 0 else delay + 1.0
+        if wait and not scheduler_running(self.queue):
+            _warn_no_scheduler(self.queue)
+        logger.info("%s[%s]: %s; job %s again in %.3gs", self.path, key, why, job.id, wait)
+        return RQRetry(max=(job.number_of_retries or 0) + 1, interval=[wait])  # type: ignore[list-item]
+
+    def _dispatch(self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """How recovery enqueues this job again, should its record be gone."""
+        options = {name: getattr(job, name, None) for name in RESEND_OPTIONS}
+        return {
+            "broker": "rq", "func": self.path, "id": job.id, "queue": job.origin,
+            "args": list(args), "kwargs": kwargs,
+            "options": {k: v for k, v in options.items() if v is not None},
+        }
+
+    def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A direct call (or a synchronous queue): run to the end here, sleeping
+        through retry delays like the in-process runner."""
+        import uuid
+
+        key = self.saga.key(*args, **kwargs) if self.saga.key else uuid.uuid4().hex
+        store = self.saga.store
+        runner = SagaRunner(
+            store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
+            max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
+        )
+        return runner.execute(self.saga.fn, args, kwargs, key=key, name=self.path)
+
+    def get_saga_result(self, job: Job) -> Any:
+        """The job's return value; for a failed saga its own SagaFailed /
+        CompensationFailed / SagaCancelled (failed step, cause, compensation errors)
+        from the journal. ``None`` while the job has not ended."""
+        status = job.get_status(refresh=True)
+        if status == JobStatus.FINISHED:
+            return job.return_value(refresh=True)
+        if status == JobStatus.FAILED:
+            execution = self.saga.store.get(self.key_of(job))
+            error = execution.exception() if execution is not None else None
+            if error is not None:
+                raise error
+            result = job.latest_result()
+            raise KompensaError(
+                f"job {job.id} failed before its saga ended: "
+                f"{result.exc_string if result is not None else 'no result recorded'}"
+            )
+        return None
+
+
+_warned: dict[str, float] = {}
+
+
+def _warn_no_scheduler(queue: Queue) -> None:
+    """Say loudly (once a minute per queue) that a scheduled retry will not run."""
+    last = _warned.get(queue.name, 0.0)
+    if time.monotonic() - last >= 60:
+        _warned[queue.name] = time.monotonic()
+        logger.error(
+            "no RQ scheduler serves queue %r: saga retries wait in its scheduled registry "
+            "and will not run until a worker runs with --with-scheduler", queue.name,
+        )
+
+
+def scheduler_running(queue: Queue) -> bool:
+    """Whether a scheduler (``rq worker --with-scheduler``) serves ``queue``: without
+    one, scheduled saga retries never run. (A killed scheduler's lock lasts 61 s.)"""
+    return queue.scheduler_pid is not None
+
+
+def saga_task(
+    queue: Queue,
+    *,
+    key: Callable[..., str] | None = None,
+    store: Store | None = None,
+    retry: Retry | None = None,
+    lock_ttl: float | None = None,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    name: str | None = None,
+    **job_options: Any,
+) -> Callable[[SagaFunction], SagaJob]:
+    """Decorate ``fn(saga, *args, **kwargs)`` into a saga job on ``queue``, like
+    ``@rq.job``: ``.delay(*args)`` returns the Job.
+
+    The idempotency key is the job id, unless ``key(*args, **kwargs)`` derives a
+    business key. ``store`` defaults to a RedisStore on the queue's Redis
+    connection. ``retry`` is the policy of steps that name none. ``name`` is the
+    import path the worker finds the job at (default: where it is decorated).
+    Other options go to ``queue.enqueue_call`` (``timeout``, ``result_ttl``, ...).
+    """
+    if not isinstance(queue, Queue):
+        hint = " (write @saga_task(queue), not @saga_task)" if callable(queue) else ""
+        raise TypeError(f"saga_task: queue must be an rq.Queue, got {queue!r}{hint}")
+    if key is not None and not callable(key):
+        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
+    instance("saga_task", "retry", retry, Retry,
+             " (the step policy: kompensa_workers.Retry, not rq.Retry)")
+    check_store("saga_task", store)
+    count("saga_task", "max_deliveries", max_deliveries)
+    if lock_ttl is not None:
+        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+    refused = {"repeat", "retry_on", "func", "args", "kwargs"} & set(job_options)
+    if refused:
+        raise TypeError(f"saga_task: {', '.join(sorted(refused))} cannot be a saga job option")
+    journal = store or default_store(queue)
+
+    def decorator(fn: SagaFunction) -> SagaJob:
+        if not callable(fn):
+            raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
+        path = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+        config = _Saga(fn, key, journal, retry, lock_ttl, max_deliveries)
+        return SagaJob(config, queue, path, dict(job_options))
+
+    return decorator
+
+
+def default_store(queue: Queue) -> Store:
+    """A RedisStore on the queue's Redis connection."""
+    from .redisstore import RedisStore
+
+    return RedisStore(queue.connection)
+
+
+def recover(
+    connection: Redis, store: Store | None = None, *, limit: int = 100,
+    serializer: Any = None,
+) -> int:
+    """Enqueue again, with the same job id, the saga jobs whose lease expired and
+    whose job never came back (the horse or the whole worker was killed). Returns
+    how many."""
+    from .redisstore import RedisStore
+
+    journal = store or RedisStore(connection)
+    sent = 0
+    for key in journal.take_due(limit, hold=journal.lock_ttl):
+        execution = journal.get(key)
+        dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
+        if not dispatch or dispatch.get("broker") != "rq":
+            continue
+        queue = Queue(dispatch["queue"], connection=connection, serializer=serializer)
+        if _requeue(queue, dispatch):
+            logger.info("recovered %s[%s] as job %s", dispatch["func"], key, dispatch["id"])
+            sent += 1
+    return sent
+
+
+def _requeue(queue: Queue, dispatch: Mapping[str, Any]) -> bool:
+    try:
+        job = Job.fetch(dispatch["id"], connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        queue.enqueue_call(
+            dispatch["func"], args=tuple(dispatch["args"]), kwargs=dict(dispatch["kwargs"]),
+            job_id=dispatch["id"], **dict(dispatch.get("options") or {}),
+        )
+        return True
+    status = job.get_status()
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return False  # on its way already
+    if status == JobStatus.FAILED:  # its horse was killed: RQ failed it
+        FailedJobRegistry(queue=queue).requeue(job)
+    else:  # STARTED with its worker gone
+        queue.enqueue_job(job)
+    return True
+
+
+class SagaWorker(Worker):
+    """``rq worker -w kompensa_workers.rq.SagaWorker --with-scheduler``: an RQ worker
+    that also runs :func:`recover` every ``recovery_interval`` seconds (a thread in
+    the main process). Subclass to set ``recovery_store`` / ``recovery_interval``."""
+
+    recovery_store: Store | None = None
+    recovery_interval: float = 5.0
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        if not kwargs.get("with_scheduler") and not any(
+            scheduler_running(q) for q in self.queues
+        ):
+            logger.warning(
+                "this worker runs without --with-scheduler and no scheduler serves %s: "
+                "saga retries will wait until one does", ", ".join(self.queue_names()),
+            )
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.recovery_interval):
+                try:
+                    recover(self.connection, self.recovery_store, serializer=self.serializer)
+                except Exception:
+                    logger.exception("recovery pass failed; trying again")
+
+        thread = threading.Thread(target=loop, name="kompensa-recovery", daemon=True)
+        thread.start()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            stop.set()
