@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,8 @@ class SagaJob:
         job = get_current_job()
         if job is None or job.func_name != self.path:
             return self._run_in_process(args, kwargs)
+        if not self.queue.is_async:  # Queue(is_async=False): no worker, no scheduler
+            return self._run_in_process(args, kwargs, key=self.key_of(job))
         return self._deliver(job, args, kwargs)
 
     def _deliver(self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -192,12 +195,13 @@ class SagaJob:
             "options": {k: v for k, v in options.items() if v is not None},
         }
 
-    def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run_in_process(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None = None
+    ) -> Any:
         """A direct call (or a synchronous queue): run to the end here, sleeping
         through retry delays like the in-process runner."""
-        import uuid
-
-        key = self.saga.key(*args, **kwargs) if self.saga.key else uuid.uuid4().hex
+        if key is None:
+            key = self.saga.key(*args, **kwargs) if self.saga.key else uuid.uuid4().hex
         store = self.saga.store
         runner = SagaRunner(
             store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,

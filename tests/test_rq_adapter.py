@@ -4,12 +4,22 @@ integrations/test_rq.py)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 import pytest
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.job import Retry as RQRetry
+from rq.serializers import JSONSerializer
 
 from integrations import conformance
+from kompensa_workers import KompensaError, MemoryStore, SagaFailed, SerializationError
+from kompensa_workers.codec import encode
+from kompensa_workers.rq import TOKEN_META, recover, saga_task, scheduler_running
 
+from . import rq_app
 from .rq_stub import RQStubHarness
 
 
@@ -46,3 +56,136 @@ def test_duplicate_message_runs_each_step_once(harness: RQStubHarness, pool: Non
 
 def test_business_key_answers_from_the_journal(harness: RQStubHarness, pool: None) -> None:
     conformance.business_key_answers_from_the_journal(harness)
+
+
+# -- what an RQ user sees -----------------------------------------------------------
+
+
+def test_arguments_are_checked_at_enqueue_and_nothing_is_enqueued(harness: RQStubHarness) -> None:
+    with pytest.raises(SerializationError, match="argument 1 of job 'tests.rq_app.checkout'"):
+        rq_app.jobs["kw.checkout"].delay(object())
+    assert harness.queue.count == 0
+    job = rq_app.jobs["kw.checkout"].delay("42")
+    assert harness.queue.count == 1 and job.func_name == "tests.rq_app.checkout"
+
+
+def test_job_options_are_applied_when_enqueued(harness: RQStubHarness) -> None:
+    job = rq_app.jobs["kw.told"].delay("o-1")
+    assert job.timeout == 30
+
+
+def test_a_saga_job_a_worker_cannot_import_is_refused_at_enqueue(
+    harness: RQStubHarness,
+) -> None:
+    hidden = saga_task(harness.queue, store=MemoryStore())(rq_app.nowhere)
+    hidden.path = "tests.rq_app.somewhere_else"
+    with pytest.raises(KompensaError, match="would not find this saga job"):
+        hidden.delay()
+    assert harness.queue.count == 0
+
+
+def test_bad_options_are_refused_with_their_name(harness: RQStubHarness) -> None:
+    with pytest.raises(TypeError, match="queue must be an rq.Queue"):
+        saga_task(rq_app.nowhere)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not rq.Retry"):
+        saga_task(harness.queue, retry=RQRetry(max=3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="repeat cannot be a saga job option"):
+        saga_task(harness.queue, repeat=object())
+    with pytest.raises(ValueError, match="lock_ttl"):
+        saga_task(harness.queue, lock_ttl=-1)
+
+
+def test_a_wait_is_the_same_job_scheduled_and_callbacks_fire_once(
+    harness: RQStubHarness,
+) -> None:
+    # Given a saga whose charge fails once and waits 0.5 s, with an on_success callback,
+    harness.start_worker(concurrency=1)
+    job = rq_app.jobs["kw.told"].delay("o-2")
+    # while it waits, the job is scheduled with the lease token in its meta...
+    waiting = conformance.wait_for(
+        lambda: (j := Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer))
+        .get_status() == JobStatus.SCHEDULED and j, 10, "the retry to be scheduled",
+    )
+    assert waiting.meta[TOKEN_META]
+    assert [e for e in harness.ledger() if e["kind"] == "on_success"] == []
+    # ...and once it finishes, the callback fires once, with the saga's result.
+    assert harness.outcome(job.id, 10) == ("success", "paid o-2")
+    time.sleep(0.3)
+    told = [e["result"] for e in harness.ledger() if e["kind"] == "on_success"]
+    assert told == ["paid o-2"]
+    results = Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer).results()
+    assert [r.type.name for r in results] == ["SUCCESSFUL", "RETRIED"]
+
+
+def test_a_failed_saga_is_a_failed_job_with_the_saga_error(
+    harness: RQStubHarness, pool: None
+) -> None:
+    job = rq_app.jobs["kw.doomed"].delay("o-3")
+    state, error = harness.outcome(job.id, 10)
+    assert state == "failure" and isinstance(error, SagaFailed)
+    fetched = Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer)
+    assert job.id in harness.queue.failed_job_registry.get_job_ids()
+    latest = fetched.latest_result()
+    assert latest is not None and "SagaFailed" in latest.exc_string
+    assert "card declined" in latest.exc_string
+
+
+def test_no_scheduler_is_said_loudly(
+    harness: RQStubHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.redis.delete(f"rq:scheduler-lock:{harness.queue.name}")
+    assert not scheduler_running(harness.queue)
+    harness.start_worker(concurrency=1)
+    with caplog.at_level(logging.ERROR, logger="kompensa_workers.rq"):
+        job = rq_app.jobs["kw.told"].delay("o-4")
+        conformance.wait_for(
+            lambda: job.get_status(refresh=True) == JobStatus.SCHEDULED, 10, "the retry",
+        )
+    assert any("no RQ scheduler serves queue 'kw'" in r.getMessage() for r in caplog.records)
+
+
+def test_recover_brings_back_a_job_whose_horse_died(harness: RQStubHarness) -> None:
+    # Given a saga job that died mid-step: RQ failed it, its lease expired,
+    saga = rq_app.jobs["kw.checkout"]
+    job = saga.delay("o-5")
+    store = saga.saga.store
+    started = store.claim(job.id, saga=saga.path, fingerprint="-", lease_token=None,
+                          lock_ttl=0.2, at=time.time(),
+                          dispatch=encode(saga._dispatch(job, ("o-5",), {})))
+    assert started.state == "granted"
+    harness.queue.remove(job)
+    job.set_status(JobStatus.FAILED)
+    harness.queue.failed_job_registry.add(job, ttl=60)
+    time.sleep(0.3)
+    # when recovery runs, the same job id is requeued, once.
+    assert recover(harness.redis, store, serializer=JSONSerializer) == 1
+    assert recover(harness.redis, store, serializer=JSONSerializer) == 0
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+
+
+def test_recover_enqueues_a_job_whose_record_is_gone(harness: RQStubHarness) -> None:
+    saga = rq_app.jobs["kw.checkout"]
+    store = saga.saga.store
+    dispatch = {"broker": "rq", "func": saga.path, "id": "gone-1", "queue": "kw",
+                "args": ["o-6"], "kwargs": {}, "options": {"timeout": 60}}
+    store.claim("gone-1", saga=saga.path, fingerprint="-", lease_token=None,
+                lock_ttl=0.2, at=time.time(), dispatch=encode(dispatch))
+    time.sleep(0.3)
+    assert recover(harness.redis, store, serializer=JSONSerializer) == 1
+    job = Job.fetch("gone-1", connection=harness.redis, serializer=JSONSerializer)
+    assert job.func_name == saga.path and job.args == ["o-6"] and job.timeout == 60
+
+
+def test_a_direct_call_and_a_synchronous_queue_run_in_process(harness: RQStubHarness) -> None:
+    store = MemoryStore()
+    assert rq_app.jobs["kw.checkout"]("o-7") == ["res-o-7", "ch-o-7", "ship-o-7"]
+    sync = Queue("kw-sync", connection=harness.redis, is_async=False,
+                 serializer=JSONSerializer)
+    saga = saga_task(sync, store=store, name="tests.rq_app.sync_told")(rq_app.retry_then_succeed)
+    rq_app.sync_told = saga  # type: ignore[attr-defined]
+    try:
+        job = saga.delay("o-8")
+    finally:
+        del rq_app.sync_told  # type: ignore[attr-defined]
+    assert job.return_value() == "paid o-8"
+    assert store.get(job.id) is not None
