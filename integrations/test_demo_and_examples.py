@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,32 @@ def test_dramatiq_example_runs_with_a_real_worker() -> None:
     assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
     assert "released res-declined-7" in logs
     assert "s in the broker" in logs  # the charge waited for its retry there
+
+
+def test_rq_example_runs_with_a_real_worker() -> None:
+    with redis_servers(1) as [server]:
+        env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "rq.cli", "worker", "-u", server.url,
+             "-w", "kompensa_workers.rq.SagaWorker", "-S", "rq.serializers.JSONSerializer",
+             "--with-scheduler", "checkout"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not server.client().exists("rq:scheduler-lock:checkout"):
+                assert time.monotonic() < deadline, "the rq worker did not start"
+                time.sleep(0.1)
+            sent = subprocess.run(
+                [sys.executable, "-m", "examples.rq_checkout", "42", "declined-7"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+            )
+        finally:
+            worker.terminate()
+            logs, _ = worker.communicate(timeout=30)
+    assert sent.returncode == 0, sent.stderr + logs
+    assert "42 -> {'charge': 'ch-42', 'parcel': 'parcel-42'}" in sent.stdout
+    assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
+    assert "released res-declined-7" in logs
+    # The charge's retry waited in the scheduler: the same job ran a second time.
+    assert logs.count("checkout: examples.rq_checkout.checkout('42')") == 2

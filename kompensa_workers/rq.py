@@ -21,6 +21,7 @@ its replacement is deferred rather than run beside it.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -116,7 +117,7 @@ class SagaJob:
             found = import_attribute(self.path)
         except Exception:
             found = None
-        if found is not self:
+        if not (isinstance(found, SagaJob) and found.path == self.path):
             raise KompensaError(
                 f"saga job {self.path!r}: a worker importing {self.path!r} would not find "
                 "this saga job; decorate the saga function at module level, or pass "
@@ -288,11 +289,22 @@ def saga_task(
     def decorator(fn: SagaFunction) -> SagaJob:
         if not callable(fn):
             raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
-        path = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+        path = name or f"{_module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
         config = _Saga(fn, key, journal, retry, lock_ttl, max_deliveries)
         return SagaJob(config, queue, path, dict(job_options))
 
     return decorator
+
+
+def _module_of(fn: SagaFunction) -> str:
+    """Where a worker imports ``fn``'s module from (``python -m pkg.mod`` runs it as
+    ``__main__``; workers know it as ``pkg.mod``)."""
+    module = str(getattr(fn, "__module__", None) or "?")
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            return str(spec.name)
+    return module
 
 
 def default_store(queue: Queue) -> Store:
