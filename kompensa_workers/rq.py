@@ -20,6 +20,7 @@ its replacement is deferred rather than run beside it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import threading
@@ -32,7 +33,7 @@ from typing import Any
 try:
     from redis import Redis
     from rq import Queue, Worker, get_current_job
-    from rq.exceptions import NoSuchJobError
+    from rq.exceptions import DuplicateJobError, NoSuchJobError
     from rq.job import Job, JobStatus
     from rq.job import Retry as RQRetry
     from rq.registry import FailedJobRegistry
@@ -104,15 +105,25 @@ class SagaJob:
     ) -> Job:
         check_arguments(args, kwargs, owner=f"job {self.path!r}")
         self._check_importable()
-        return self.queue.enqueue_call(
-            self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
-            at_front=at_front, **self.options,
-        )
+        try:  # one job id is one job: enqueued again, it is the job that exists
+            return self.queue.enqueue_call(
+                self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
+                at_front=at_front, unique=job_id is not None, **self.options,
+            )
+        except DuplicateJobError:
+            assert job_id is not None
+            return Job.fetch(job_id, connection=self.queue.connection,
+                             serializer=self.queue.serializer)
 
     def _check_importable(self) -> None:
         """The worker imports the job function by path: it must find this object."""
         if self._importable:
             return
+        if self.path.startswith("__main__."):
+            raise KompensaError(
+                f"saga job {self.path!r} is defined in a script a worker cannot import; "
+                "move it to a module, or pass name='module.attribute'"
+            )
         try:
             found = import_attribute(self.path)
         except Exception:
@@ -194,6 +205,7 @@ class SagaJob:
             "broker": "rq", "func": self.path, "id": job.id, "queue": job.origin,
             "args": list(args), "kwargs": kwargs,
             "options": {k: v for k, v in options.items() if v is not None},
+            "meta": {k: v for k, v in job.meta.items() if k != TOKEN_META},
         }
 
     def _run_in_process(
@@ -219,6 +231,8 @@ class SagaJob:
             return job.return_value(refresh=True)
         if status == JobStatus.FAILED:
             execution = self.saga.store.get(self.key_of(job))
+            if execution is not None and not execution.terminal:
+                return None  # its horse died mid-saga: recovery brings it back
             error = execution.exception() if execution is not None else None
             if error is not None:
                 raise error
@@ -281,9 +295,7 @@ def saga_task(
     count("saga_task", "max_deliveries", max_deliveries)
     if lock_ttl is not None:
         number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
-    refused = {"repeat", "retry_on", "func", "args", "kwargs"} & set(job_options)
-    if refused:
-        raise TypeError(f"saga_task: {', '.join(sorted(refused))} cannot be a saga job option")
+    job_options = _job_options(job_options)
     journal = store or default_store(queue)
 
     def decorator(fn: SagaFunction) -> SagaJob:
@@ -294,6 +306,29 @@ def saga_task(
         return SagaJob(config, queue, path, dict(job_options))
 
     return decorator
+
+
+# enqueue_call's options a saga job may be declared with (per call: job_id,
+# depends_on, at_front; retries and repeats are the journal's business).
+JOB_OPTIONS = frozenset(inspect.signature(Queue.enqueue_call).parameters) - {
+    "self", "func", "args", "kwargs", "job_id", "depends_on", "at_front", "pipeline",
+    "retry", "repeat", "unique",
+}
+
+
+def _job_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    chosen = dict(options)
+    if "job_timeout" in chosen:  # @job and enqueue() spell it so
+        chosen["timeout"] = chosen.pop("job_timeout")
+    unknown = sorted(set(chosen) - JOB_OPTIONS)
+    if unknown:
+        per_call = {"job_id", "depends_on", "at_front"} & set(unknown)
+        hint = f" ({', '.join(sorted(per_call))}: pass to .enqueue())" if per_call else ""
+        raise TypeError(
+            f"saga_task: {', '.join(unknown)} cannot be a saga job option{hint}; "
+            f"options: {', '.join(sorted(JOB_OPTIONS))}"
+        )
+    return chosen
 
 
 def _module_of(fn: SagaFunction) -> str:
@@ -319,41 +354,65 @@ def recover(
     serializer: Any = None,
 ) -> int:
     """Enqueue again, with the same job id, the saga jobs whose lease expired and
-    whose job never came back (the horse or the whole worker was killed). Returns
-    how many."""
+    whose job never came back (the horse or the whole worker was killed). A job
+    cancelled or stopped in RQ has its execution cancelled: the run recovery starts
+    rolls it back. Returns how many jobs it enqueued."""
     from .redisstore import RedisStore
 
     journal = store or RedisStore(connection)
     sent = 0
     for key in journal.take_due(limit, hold=journal.lock_ttl):
-        execution = journal.get(key)
-        dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
-        if not dispatch or dispatch.get("broker") != "rq":
-            continue
-        queue = Queue(dispatch["queue"], connection=connection, serializer=serializer)
-        if _requeue(queue, dispatch):
-            logger.info("recovered %s[%s] as job %s", dispatch["func"], key, dispatch["id"])
-            sent += 1
+        try:
+            execution = journal.get(key)
+            dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
+            if not dispatch or dispatch.get("broker") != "rq":
+                continue
+            queue = Queue(dispatch["queue"], connection=connection, serializer=serializer)
+            if _requeue(queue, journal, key, dispatch):
+                logger.info("recovered %s[%s] as job %s", dispatch["func"], key, dispatch["id"])
+                sent += 1
+        except Exception:
+            logger.exception("recovering %s failed; the next pass tries again", key)
     return sent
 
 
-def _requeue(queue: Queue, dispatch: Mapping[str, Any]) -> bool:
+def _requeue(queue: Queue, journal: Store, key: str, dispatch: Mapping[str, Any]) -> bool:
+    connection = queue.connection
     try:
-        job = Job.fetch(dispatch["id"], connection=queue.connection, serializer=queue.serializer)
-    except NoSuchJobError:
+        job = Job.fetch(dispatch["id"], connection=connection, serializer=queue.serializer)
+    except NoSuchJobError:  # its record expired: made again as the saga job makes it
+        found = _import(dispatch["func"])
+        options = found.options if found is not None else dict(dispatch.get("options") or {})
         queue.enqueue_call(
             dispatch["func"], args=tuple(dispatch["args"]), kwargs=dict(dispatch["kwargs"]),
-            job_id=dispatch["id"], **dict(dispatch.get("options") or {}),
+            job_id=dispatch["id"], meta=dict(dispatch.get("meta") or {}) or None, **options,
         )
         return True
     status = job.get_status()
     if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
         return False  # on its way already
-    if status == JobStatus.FAILED:  # its horse was killed: RQ failed it
-        FailedJobRegistry(queue=queue).requeue(job)
-    else:  # STARTED with its worker gone
+    if status == JobStatus.STARTED:
+        # Nothing renews its lease: its horse is dead (or stalled, and then fenced
+        # off). A killed worker's record outlives it, so the lease is the evidence.
+        with connection.pipeline() as pipe:  # so RQ does not call the re-run abandoned
+            queue.started_job_registry.remove_executions(job, pipeline=pipe)
+            job.execution_registry.delete(job, pipeline=pipe)
+            pipe.execute()
+    if status in (JobStatus.CANCELED, JobStatus.STOPPED):
+        journal.cancel(key)  # the user's decision: roll the saga back
+    if status == JobStatus.FAILED and job.id in queue.failed_job_registry:
+        FailedJobRegistry(queue=queue).requeue(job)  # its horse was killed: RQ failed it
+    else:
         queue.enqueue_job(job)
     return True
+
+
+def _import(path: str) -> SagaJob | None:
+    try:
+        found = import_attribute(path)
+    except Exception:
+        return None
+    return found if isinstance(found, SagaJob) else None
 
 
 class SagaWorker(Worker):
@@ -365,7 +424,8 @@ class SagaWorker(Worker):
     recovery_interval: float = 5.0
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        if not kwargs.get("with_scheduler") and not any(
+        bound = inspect.signature(Worker.work).bind(self, *args, **kwargs)
+        if not bound.arguments.get("with_scheduler") and not any(
             scheduler_running(q) for q in self.queues
         ):
             logger.warning(

@@ -89,7 +89,7 @@ def test_bad_options_are_refused_with_their_name(harness: RQStubHarness) -> None
         saga_task(rq_app.nowhere)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not rq.Retry"):
         saga_task(harness.queue, retry=RQRetry(max=3))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="repeat cannot be a saga job option"):
+    with pytest.raises(TypeError, match="repeat cannot be a saga job option"):  # the journal's
         saga_task(harness.queue, repeat=object())
     with pytest.raises(ValueError, match="lock_ttl"):
         saga_task(harness.queue, lock_ttl=-1)
@@ -163,17 +163,65 @@ def test_recover_brings_back_a_job_whose_horse_died(harness: RQStubHarness) -> N
     assert job.get_status(refresh=True) == JobStatus.QUEUED
 
 
-def test_recover_enqueues_a_job_whose_record_is_gone(harness: RQStubHarness) -> None:
-    saga = rq_app.jobs["kw.checkout"]
+def test_recover_remakes_a_job_whose_record_is_gone(harness: RQStubHarness) -> None:
+    # Given an abandoned execution whose job record expired (a short job ttl),
+    saga = rq_app.jobs["kw.told"]
     store = saga.saga.store
     dispatch = {"broker": "rq", "func": saga.path, "id": "gone-1", "queue": "kw",
-                "args": ["o-6"], "kwargs": {}, "options": {"timeout": 60}}
+                "args": ["o-6"], "kwargs": {}, "options": {}, "meta": {"tenant": "acme"}}
     store.claim("gone-1", saga=saga.path, fingerprint="-", lease_token=None,
                 lock_ttl=0.2, at=time.time(), dispatch=encode(dispatch))
     time.sleep(0.3)
+    # recovery makes it again as the saga job makes its jobs: options and callbacks.
     assert recover(harness.redis, store, serializer=JSONSerializer) == 1
     job = Job.fetch("gone-1", connection=harness.redis, serializer=JSONSerializer)
-    assert job.func_name == saga.path and job.args == ["o-6"] and job.timeout == 60
+    assert job.func_name == saga.path and job.args == ["o-6"]
+    assert job.timeout == 30 and job.success_callback is rq_app.tell
+    assert job.meta == {"tenant": "acme"}
+
+
+def test_a_job_id_enqueued_again_is_the_job_that_exists(harness: RQStubHarness) -> None:
+    first = rq_app.jobs["kw.checkout"].enqueue("o-9", job_id="order-9")
+    again = rq_app.jobs["kw.checkout"].enqueue("o-9", job_id="order-9")
+    assert again.id == first.id == "order-9"
+    assert harness.queue.count == 1
+
+
+def test_a_cancelled_job_is_rolled_back_by_recovery(harness: RQStubHarness) -> None:
+    # Given a saga waiting for its retry, cancelled in RQ,
+    harness.start_worker(concurrency=1)
+    saga = rq_app.jobs["kw.told"]
+    job = saga.delay("o-10")
+    conformance.wait_for(
+        lambda: job.get_status(refresh=True) == JobStatus.SCHEDULED, 10, "the retry",
+    )
+    job.cancel()
+    # once the lease lapses, recovery cancels the execution and rolls it back.
+    store = saga.saga.store
+    conformance.wait_for(
+        lambda: recover(harness.redis, store, serializer=JSONSerializer), 10, "recovery",
+    )
+    conformance.wait_for(
+        lambda: (e := store.get(job.id)) is not None and e.status == "cancelled", 10,
+        "the rollback",
+    )
+    assert [e["step"] for e in conformance.entries(harness, "undo", job.id)] == ["reserve"]
+
+
+def test_saga_job_options_are_checked_when_declared(harness: RQStubHarness) -> None:
+    with pytest.raises(TypeError, match=r"at_front cannot be a saga job option \(at_front: pass"):
+        saga_task(harness.queue, at_front=True)
+    with pytest.raises(TypeError, match="colour cannot be a saga job option"):
+        saga_task(harness.queue, colour="red")
+    assert saga_task(harness.queue, job_timeout=30)(rq_app.nowhere).options == {"timeout": 30}
+
+
+def test_a_script_saga_job_is_refused_at_enqueue(harness: RQStubHarness) -> None:
+    hidden = saga_task(harness.queue, store=MemoryStore(), name="__main__.checkout")(
+        rq_app.nowhere
+    )
+    with pytest.raises(KompensaError, match="in a script a worker cannot import"):
+        hidden.delay()
 
 
 def test_a_direct_call_and_a_synchronous_queue_run_in_process(harness: RQStubHarness) -> None:
