@@ -49,6 +49,21 @@ def test_killed_horse_resumes_without_rerunning_completed_steps(
     conformance.killed_child_resumes_without_rerunning_completed_steps(harness)
 
 
+def test_killed_horse_is_recovered_within_the_lease(harness: RQHarness, pool: None) -> None:
+    # Given a horse killed mid-step: RQ fails the job at once and never runs it again,
+    o = conformance.order()
+    job_id = harness.send("kw.slow", o, 3.0)
+    started = conformance.wait_for(lambda: conformance.entries(harness, "start", job_id), 30,
+                                   "the slow step")
+    killed_at = time.monotonic()
+    harness.kill_child(started[0]["pid"])
+    # then recovery brings the same job id back within the lease TTL + 10 s,
+    assert harness.outcome(job_id, harness.lock_ttl + 10) == ("success", f"shipped {o}")
+    assert time.monotonic() - killed_at < harness.lock_ttl + 10
+    # and the step that had completed did not run again.
+    assert conformance.runs(harness, job_id) == {"reserve": 1, "work": 1, "ship": 1}
+
+
 def test_business_key_answers_from_the_journal(harness: RQHarness, pool: None) -> None:
     conformance.business_key_answers_from_the_journal(harness)
 

@@ -189,9 +189,11 @@ class SagaJob:
         seconds, rounded down, so one is added) and saves ``job.meta`` with it."""
         if token:
             job.meta[TOKEN_META] = token
-        else:  # keep a token the holder may have saved meanwhile
-            job.meta.pop(TOKEN_META, None)
-            job.meta.update(job.get_meta(refresh=True))
+        else:
+            # No token of its own. RQ saves job.meta with the retry, and the record
+            # is shared by every delivery of this job id: re-read it, so a token the
+            # holder saved meanwhile is kept, not overwritten.
+            job.get_meta(refresh=True)
         wait = 0.0 if delay <= 0 else delay + 1.0
         if wait and not scheduler_running(self.queue):
             _warn_no_scheduler(self.queue)

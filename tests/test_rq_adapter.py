@@ -128,6 +128,8 @@ def test_a_failed_saga_is_a_failed_job_with_the_saga_error(
     latest = fetched.latest_result()
     assert latest is not None and "SagaFailed" in latest.exc_string
     assert "card declined" in latest.exc_string
+    with pytest.warns(DeprecationWarning):
+        assert "SagaFailed: saga" in (fetched.exc_info or "")
 
 
 def test_no_scheduler_is_said_loudly(
