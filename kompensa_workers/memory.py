@@ -86,7 +86,13 @@ class MemoryStore:
             held = self._leases.get(key)
             if held and held.expires_at > now and held.token != lease_token:
                 return Claim("busy", retry_after=held.expires_at - now)
+            how = "new"
+            if held is not None:
+                how = "handover" if held.token == lease_token else "expired"
+            elif fields["deliveries"] != b"0":
+                how = "released"
             fence = int(fields["fence"]) + 1
+            fields["grants"] = _append_grant(fields.get("grants", b""), at, fence, how)
             # The previous grant never handed off (finish, release, delayed retry):
             # its worker died, and whatever it was running counts as an attempt.
             stalled = int(fields["stalled"]) + (fields["open"] == b"1")
@@ -203,3 +209,12 @@ class MemoryStore:
         if held.expires_at <= now:
             raise LeaseLost(key, "the lease expired")
         return fields
+
+
+def _append_grant(grants: bytes, at: float, fence: int, how: str) -> bytes:
+    """The 'grants' field: one ``at fence how`` line per grant, the last ~60 kept
+    (the same layout the Redis claim script writes)."""
+    grants += f"{at!r} {fence} {how}\n".encode()
+    if len(grants) > 4096:
+        grants = grants[grants.index(b"\n", len(grants) - 4000) + 1:]
+    return grants

@@ -21,6 +21,7 @@ __all__ = [
     "TERMINAL",
     "CompensationRecord",
     "Execution",
+    "Grant",
     "ExecutionStatus",
     "SagaFailure",
     "StepRecord",
@@ -197,6 +198,22 @@ class SagaFailure:
             raise SerializationError(f"corrupt saga failure record: {exc}") from exc
 
 
+GrantKind = Literal["new", "handover", "expired", "released", "quorum"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One grant of an execution's lease: when, with which fencing token, and how
+    it changed hands: ``new`` (first delivery), ``handover`` (a delayed delivery
+    presented the token), ``expired`` (the holder's lease had run out), ``released``
+    (the holder let go: it died in a way it could report), ``quorum`` (Redlock
+    masters granted it while the journal still named a holder)."""
+
+    at: float
+    fence: int
+    how: GrantKind
+
+
 @dataclass(frozen=True)
 class Execution:
     """Everything the journal holds about one execution (``store.get(key)``)."""
@@ -215,6 +232,7 @@ class Execution:
     updated_at: float = 0.0
     cancel_requested: bool = False
     dispatch: Any = None  # how the adapter that ran it would send it again
+    grants: tuple[Grant, ...] = ()  # the last ~60 lease grants, oldest first
     _by_name: Mapping[str, StepRecord] = field(
         default_factory=dict, repr=False, compare=False
     )

@@ -27,6 +27,7 @@ from .records import (
     TERMINAL,
     Execution,
     ExecutionStatus,
+    Grant,
     SagaFailure,
     StepRecord,
 )
@@ -189,6 +190,7 @@ def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
             updated_at=float(text("updated_at", "0")),
             cancel_requested=text("cancel", "0") == "1",
             dispatch=decode(dispatch, what="dispatch record") if dispatch else None,
+            grants=_grants(text("grants")),
         )
     except SerializationError as exc:
         raise SerializationError(
@@ -198,3 +200,11 @@ def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
         raise SerializationError(
             f"journal record of {key!r} is corrupt: {exc}; refusing to start it afresh"
         ) from exc
+
+
+def _grants(text: str) -> tuple[Grant, ...]:
+    grants = []
+    for line in text.splitlines():
+        at, fence, how = line.split(" ")
+        grants.append(Grant(float(at), int(fence), how))  # type: ignore[arg-type]
+    return tuple(grants)

@@ -31,9 +31,10 @@ def store(request: pytest.FixtureRequest) -> Iterator[Any]:
     yield from make_store(request.param, lock_ttl=TTL)
 
 
-def claim(store: Any, key: str = "k", token: str | None = None, fp: str = "fp") -> Claim:
+def claim(store: Any, key: str = "k", token: str | None = None, fp: str = "fp",
+          ttl: float = TTL) -> Claim:
     return store.claim(key, saga="s", fingerprint=fp, lease_token=token,  # type: ignore[no-any-return]
-                       lock_ttl=TTL, at=time.time())
+                       lock_ttl=ttl, at=time.time())
 
 
 def step(name: str, result: Any = 1) -> StepRecord:
@@ -314,3 +315,25 @@ def test_the_default_retry_policy_applies_to_steps_that_name_none(store: Any) ->
 
     runner = SagaRunner(store, retry=Retry(attempts=3, initial=0.01))
     assert runner.run(lambda s: s.step("f", flaky)) == 3
+
+
+def test_every_grant_is_recorded_with_its_fence_and_how_it_changed_hands(
+    store: Any,
+) -> None:
+    first = claim(store)  # new
+    handed = claim(store, token=first.lease.token)  # a delayed delivery's token
+    store.release("k", handed.lease)
+    released = claim(store)  # after the holder let go
+    assert released.lease is not None
+    execution = store.get("k")
+    assert [(g.fence, g.how) for g in execution.grants] == [
+        (1, "new"), (2, "handover"), (3, "released"),
+    ]
+    assert all(g.at > 0 for g in execution.grants)
+
+
+def test_a_grant_after_the_holder_lapsed_is_recorded_as_expired(store: Any) -> None:
+    claim(store, ttl=0.05)
+    time.sleep(0.1)
+    claim(store)
+    assert [g.how for g in store.get("k").grants] == ["new", "expired"]

@@ -56,10 +56,27 @@ end
 if ARGV[8] ~= '1' and holder ~= '' and deadline > now and holder ~= presented then
   return {'busy', deadline - now}
 end
+-- How the lease changed hands, for the record kept in 'grants' (the last ~60).
+local how = 'new'
+if holder ~= '' and holder == presented then
+  how = 'handover'
+elseif holder ~= '' and deadline <= now then
+  how = 'expired'
+elseif holder ~= '' then
+  how = 'quorum'
+elseif redis.call('HGET', journal, 'deliveries') ~= '0' then
+  how = 'released'
+end
 if head[5] == '1' then  -- the previous grant died without handing off
   redis.call('HINCRBY', journal, 'stalled', 1)
 end
-redis.call('HINCRBY', journal, 'fence', 1)
+local fence = redis.call('HINCRBY', journal, 'fence', 1)
+local grants = (redis.call('HGET', journal, 'grants') or '') ..
+  ARGV[7] .. ' ' .. fence .. ' ' .. how .. '\n'
+if #grants > 4096 then
+  grants = string.sub(grants, (string.find(grants, '\n', #grants - 4000, true) or 0) + 1)
+end
+redis.call('HSET', journal, 'grants', grants)
 redis.call('HINCRBY', journal, 'deliveries', 1)
 redis.call('HSET', journal, 'open', 1, 'lease_token', new_token,
            'lease_until', now + ttl)
