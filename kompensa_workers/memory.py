@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ._check import count, number
@@ -151,6 +152,31 @@ class MemoryStore:
             # Never shorten: a commit may have stretched it for a delayed retry.
             held.expires_at = max(held.expires_at, now + lease.ttl)
             return fields["cancel"] == b"1"
+
+    def keys(self) -> Iterator[str]:
+        now = self._clock.time()
+        with self._mutex:
+            names = list(self._journals)
+        for key in names:
+            with self._mutex:
+                live = self._live_fields(key, now) is not None
+            if live:
+                yield key
+
+    def purge(self, key: str) -> bool:
+        with self._mutex:
+            fields = self._live_fields(key, self._clock.time())
+            if fields is None:
+                return False
+            if fields["status"].decode() not in TERMINAL:
+                raise ValueError(
+                    f"execution {key!r} has not ended; cancel it before purging it"
+                )
+            del self._journals[key]
+            self._leases.pop(key, None)
+            self._held_back.pop(key, None)
+            self._recoveries.pop(key, None)
+            return True
 
     def get(self, key: str) -> Execution | None:
         with self._mutex:

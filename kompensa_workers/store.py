@@ -16,7 +16,7 @@ a hand-off, so the next claim knows the previous delivery did not die mid-way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -153,6 +153,15 @@ class Store(Protocol):
         ``take_due`` for ``hold * 2**(n-1)`` seconds (at most ``max_hold``), n counting
         re-dispatches since its last claim: concurrent recoverers do not both send
         it, and a backed-up queue is not flooded with copies."""
+        ...
+
+    def keys(self) -> Iterator[str]:
+        """Every execution the store holds (in no particular order)."""
+        ...
+
+    def purge(self, key: str) -> bool:
+        """Delete an ended execution's record; False if there is none. Raises
+        ValueError for one that has not ended (cancel it first)."""
         ...
 
 

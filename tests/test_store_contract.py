@@ -337,3 +337,25 @@ def test_a_grant_after_the_holder_lapsed_is_recorded_as_expired(store: Any) -> N
     time.sleep(0.1)
     claim(store)
     assert [g.how for g in store.get("k").grants] == ["new", "expired"]
+
+
+def test_keys_lists_every_execution_even_odd_names(store: Any) -> None:
+    names = ["k", "a:b", "{braces}", "100%", "ünï*?[x]"]
+    for name in names:
+        claim(store, key=name)
+    assert sorted(store.keys()) == sorted(names)
+
+
+def test_purge_deletes_ended_executions_only(store: Any) -> None:
+    granted = claim(store, key="done")
+    store.commit("done", granted.lease, write(step("a"), status="succeeded",
+                                              result=b"\x91\x01", release=True))
+    claim(store, key="running")
+    with pytest.raises(ValueError, match="'running' has not ended; cancel it"):
+        store.purge("running")
+    assert store.purge("done") is True
+    assert store.purge("done") is False
+    assert store.get("done") is None
+    assert sorted(store.keys()) == ["running"]
+    # A purged key starts afresh.
+    assert claim(store, key="done").state == "granted"

@@ -7,7 +7,7 @@ Redis key is one-to-one: ``("a:b", "c")`` and ``("a", "b:c")`` never meet.
 
 from __future__ import annotations
 
-__all__ = ["index_key", "journal_key", "validate_namespace"]
+__all__ = ["index_key", "journal_key", "journal_key_name", "validate_namespace"]
 
 
 def validate_namespace(namespace: str) -> str:
@@ -21,6 +21,11 @@ def validate_namespace(namespace: str) -> str:
 
 def _escape(key: str) -> str:
     return key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def journal_key_name(escaped: str) -> str:
+    """The execution key inside a journal key's braces (inverse of the escaping)."""
+    return escaped.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
 
 
 def journal_key(namespace: str, key: str) -> str:

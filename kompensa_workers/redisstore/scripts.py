@@ -6,7 +6,7 @@ from importlib import resources
 
 import redis
 
-NAMES = ("claim", "commit", "renew", "release", "cancel", "due", "take_due")
+NAMES = ("claim", "commit", "renew", "release", "cancel", "due", "take_due", "purge")
 
 
 def source(name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -21,7 +21,14 @@ from ..store import (
     Lease,
     execution_from_fields,
 )
-from .keys import index_key, journal_key, lock_key, recovered_key, validate_namespace
+from .keys import (
+    index_key,
+    journal_key,
+    journal_key_name,
+    lock_key,
+    recovered_key,
+    validate_namespace,
+)
 from .redlock import Redlock
 from .scripts import register
 
@@ -201,6 +208,21 @@ class RedisStore:
         )
         return [k.decode() for k in keys]
 
+    # -- operations ----------------------------------------------------------------
+
+    def keys(self) -> Iterator[str]:
+        """Every execution in the namespace (SCAN: no long block on a big Redis)."""
+        pattern = _glob_escape(self.namespace) + ":{*}:journal"
+        start = len(self.namespace) + 2
+        for name in self.client.scan_iter(match=pattern, count=500):
+            yield journal_key_name(name.decode()[start:-len("}:journal")])
+
+    def purge(self, key: str) -> bool:
+        deleted = self._script("purge", key, [key], extra_keys=[self._recovered])
+        if deleted == -1:
+            raise ValueError(f"execution {key!r} has not ended; cancel it before purging it")
+        return bool(deleted)
+
     # -- plumbing ----------------------------------------------------------------
 
     def _script(
@@ -285,3 +307,8 @@ def _fields(key: str, flat: Any) -> dict[str, bytes]:
             f"journal record of {key!r} is corrupt: a field name is not UTF-8 ({exc}); "
             "refusing to start it afresh"
         ) from exc
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
