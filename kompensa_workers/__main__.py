@@ -1,25 +1,26 @@
-"""``kompensa-workers`` / ``python -m kompensa_workers``: command-line entry point."""
+"""``kompensa-workers`` / ``python -m kompensa_workers``: command-line entry point.
+
+The full CLI (``list``, ``show``, ``cancel``, ``recover``, ``purge``) needs the
+``cli`` extra; ``demo`` runs without it.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kompensa-workers",
-        description="Sagas that survive what real queues do.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("demo", help="run checkout sagas with injected faults, in-process")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        from .demo import main as demo
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        from .cli import run
+    except ImportError as exc:
+        if args[:1] == ["demo"]:
+            from .demo import main as demo
 
-        return demo(rest)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
-    return 2  # pragma: no cover
+            return demo(args[1:])
+        print(f"kompensa-workers: {exc} (only `demo` works without it)", file=sys.stderr)
+        return 1
+    return run(args)
 
 
 if __name__ == "__main__":

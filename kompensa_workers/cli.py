@@ -1,0 +1,354 @@
+"""``kompensa-workers``: look at executions, cancel them, recover, purge.
+
+Every command reads the journal named by ``--redis-url`` (or ``KOMPENSA_REDIS_URL``)
+and ``--namespace`` (or ``KOMPENSA_NAMESPACE``), and prints for a person or, with
+``--json``, for a program. Errors are one line on stderr; exit codes:
+
+    0  done
+    1  unexpected error
+    2  bad usage (an unknown option, a malformed duration)
+    3  no such execution
+    4  the execution's state does not allow it (cancel an ended one, purge a running one)
+    5  Redis cannot be reached
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+try:
+    import click
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "the kompensa-workers CLI needs click: pip install 'kompensa-workers[cli]'"
+    ) from exc
+
+from .errors import KompensaError, StoreUnavailable
+from .records import STATUSES, Execution
+from .timeline import age, describe, render, summary
+
+__all__ = ["main"]
+
+EXIT_ERROR, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 3, 4, 5
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+T = TypeVar("T")
+COLOURS = {"succeeded": "green", "compensated": "yellow", "cancelled": "yellow",
+           "compensation_failed": "red", "compensating": "magenta", "waiting": "cyan"}
+ALARMS = {"compensation_failed"}
+
+
+class Failure(click.ClickException):
+    """One line on stderr and a documented exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"kompensa-workers: {self.format_message()}", err=True)
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``5m``, ``1h30m``, ``7d`` -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(
+            f"{text!r} is not a duration (write 90s, 5m, 2h, 7d or 1h30m)"
+        )
+    return sum(float(n) * UNITS[u] for n, u in parts)
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return duration(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+@dataclass
+class Journal:
+    """The store a command works on, connected on first use."""
+
+    url: str
+    namespace: str
+    _store: Any = None
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from .redisstore import RedisStore
+
+            try:
+                self._store = RedisStore.from_url(self.url, namespace=self.namespace)
+            except ValueError as exc:
+                raise Failure(f"bad --redis-url {self.url!r}: {exc}", 2) from None
+        return self._store
+
+    def where(self) -> str:
+        return f"namespace {self.namespace!r} at {self.url}"
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()``, with Redis trouble as one clear line."""
+        import redis
+
+        try:
+            return fn()
+        except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Failure(f"cannot reach Redis at {self.url}: {exc}", EXIT_UNREACHABLE) from None
+        except redis.RedisError as exc:
+            raise Failure(f"Redis at {self.url} refused the command: {exc}") from None
+
+    def executions(self) -> Iterator[Execution]:
+        keys: list[str] = self.call(lambda: list(self.store.keys()))
+        for key in keys:
+            execution = self.call(partial(self.store.get, key))
+            if execution is not None:
+                yield execution
+
+    def get(self, key: str) -> Execution:
+        execution = self.call(lambda: self.store.get(key))
+        if execution is None:
+            raise Failure(f"no execution {key!r} in {self.where()}", EXIT_NOT_FOUND)
+        return execution  # type: ignore[no-any-return]
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=repr))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for programs")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--redis-url", envvar="KOMPENSA_REDIS_URL", default="redis://localhost:6379/0",
+              show_default=True, help="the journal's Redis (env KOMPENSA_REDIS_URL)")
+@click.option("--namespace", envvar="KOMPENSA_NAMESPACE", default="kompensa",
+              show_default=True, help="the journal's key namespace (env KOMPENSA_NAMESPACE)")
+@click.pass_context
+def main(ctx: click.Context, redis_url: str, namespace: str) -> None:
+    """Sagas that survive what real queues do: look at executions, cancel them,
+    recover what dead workers held, purge what has ended.
+
+    Exit codes: 0 done, 1 unexpected error, 2 bad usage, 3 no such execution,
+    4 the execution's state does not allow it, 5 Redis cannot be reached.
+    """
+    ctx.obj = Journal(redis_url, namespace)
+
+
+@main.command("list")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(sorted(STATUSES)),
+              help="only executions in this status (repeatable)")
+@click.option("--saga", help="only executions of this saga (its journaled name)")
+@click.option("--older-than", type=Duration(), help="last changed at least this long ago")
+@click.option("--newer-than", type=Duration(), help="last changed at most this long ago")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="how many executions to print (the counts cover all)")
+@json_option
+@click.pass_obj
+def list_executions(
+    journal: Journal, statuses: tuple[str, ...], saga: str | None,
+    older_than: float | None, newer_than: float | None, limit: int, as_json: bool,
+) -> None:
+    """Executions, most recently changed first, with counts per status."""
+    now = time.time()
+    chosen = [
+        e for e in journal.executions()
+        if (not statuses or e.status in statuses)
+        and (saga is None or e.saga == saga)
+        and (older_than is None or now - e.updated_at >= older_than)
+        and (newer_than is None or now - e.updated_at <= newer_than)
+    ]
+    chosen.sort(key=lambda e: e.updated_at, reverse=True)
+    counts = Counter(e.status for e in chosen)
+    if as_json:
+        emit({"total": len(chosen), "counts": dict(sorted(counts.items())),
+              "executions": [summary(e) for e in chosen[:limit]]})
+        return
+    if not chosen:
+        click.echo(f"no executions match in {journal.where()}")
+        return
+    rows = [("KEY", "SAGA", "STATUS", "STEPS", "DELIVERIES", "CHANGED")] + [
+        (e.key, e.saga, e.status, summary(e)["steps"], str(e.deliveries),
+         f"{age(now - e.updated_at)} ago")
+        for e in chosen[:limit]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    paint = sys.stdout.isatty()
+    for n, row in enumerate(rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        if paint and n:
+            cells[2] = click.style(cells[2], fg=COLOURS.get(row[2]), bold=row[2] in ALARMS)
+        click.echo("  ".join(cells).rstrip())
+    shown = f"{min(limit, len(chosen))} of {len(chosen)}" if len(chosen) > limit else str(
+        len(chosen))
+    per_status = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    click.echo(f"\n{shown} executions: {per_status}")
+
+
+@main.command()
+@click.argument("key")
+@json_option
+@click.pass_obj
+def show(journal: Journal, key: str, as_json: bool) -> None:
+    """One execution as a timeline: steps, attempts, errors, waits in the broker,
+    compensations, lease grants and fencing tokens."""
+    execution = journal.get(key)
+    if as_json:
+        emit(describe(execution))
+        return
+    for line in render(execution):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("key")
+@json_option
+@click.pass_obj
+def cancel(journal: Journal, key: str, as_json: bool) -> None:
+    """Ask a running or waiting execution to stop: its next delivery rolls back
+    the completed steps and ends it cancelled."""
+    if not journal.call(lambda: journal.store.cancel(key)):
+        execution = journal.get(key)
+        raise Failure(f"execution {key!r} has already ended ({execution.status})",
+                      EXIT_CONFLICT)
+    if as_json:
+        emit({"key": key, "cancel_requested": True})
+        return
+    click.echo(f"cancel requested for {key!r}: its next delivery rolls it back "
+               "(a delivery that holds it stops before its next step)")
+
+
+@main.command()
+@click.option("--older-than", type=Duration(), required=True,
+              help="delete ended executions last changed at least this long ago")
+@click.option("--include-compensation-failed", is_flag=True,
+              help="also delete compensation_failed ones (they wait for a person)")
+@click.option("--dry-run", is_flag=True, help="say what would be deleted, delete nothing")
+@json_option
+@click.pass_obj
+def purge(journal: Journal, older_than: float, include_compensation_failed: bool,
+          dry_run: bool, as_json: bool) -> None:
+    """Delete the records of ended executions (they also expire on their own after
+    the store's retention, except compensation_failed)."""
+    now = time.time()
+    doomed = [
+        e for e in journal.executions()
+        if e.terminal and now - e.updated_at >= older_than
+        and (include_compensation_failed or e.status != "compensation_failed")
+    ]
+    deleted = []
+    for execution in doomed:
+        if dry_run or journal.call(partial(journal.store.purge, execution.key)):
+            deleted.append(execution.key)
+    if as_json:
+        emit({"dry_run": dry_run, "deleted": deleted})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(deleted)} ended executions older than {age(older_than)}")
+
+
+@main.command()
+@click.option("--app", "target", required=True, metavar="MODULE:ATTR",
+              help="where to send executions again: a Celery app, a Dramatiq broker, "
+                   "or an RQ Queue or Redis connection")
+@click.option("--loop", is_flag=True, help="keep recovering every --interval")
+@click.option("--interval", type=Duration(), default=5.0, show_default=True)
+@json_option
+@click.pass_obj
+def recover(journal: Journal, target: str, loop: bool, interval: float, as_json: bool) -> None:
+    """Send again the executions whose worker died holding them (their lease
+    expired and their message never came back), with their own task/message/job id."""
+    run = _recoverer(_load(target), journal)
+    while True:
+        sent = journal.call(run)
+        if as_json:
+            emit({"recovered": sent})
+        else:
+            click.echo(f"recovered {sent} executions")
+        if not loop:
+            return
+        time.sleep(interval)
+
+
+def _load(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise Failure(f"--app {target!r}: write MODULE:ATTR, e.g. shop.tasks:app", 2)
+    sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise Failure(f"--app {target!r}: cannot import {module_name!r}: {exc}", 2) from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise Failure(f"--app {target!r}: {module_name!r} has no {attribute!r}", 2) from None
+
+
+def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
+    kind = type(app).__module__.split(".")[0]
+    if kind == "celery":
+        from .celery import recover as celery_recover
+
+        return lambda: celery_recover(app, journal.store)
+    if kind == "dramatiq":
+        from .dramatiq import recover as dramatiq_recover
+
+        return lambda: dramatiq_recover(app, journal.store)
+    if kind == "rq":
+        from .rq import recover as rq_recover
+
+        return lambda: rq_recover(app.connection, journal.store, serializer=app.serializer)
+    if kind == "redis":
+        from .rq import recover as rq_recover
+
+        return lambda: rq_recover(app, journal.store)
+    raise Failure(f"--app: {app!r} is not a Celery app, a Dramatiq broker, an RQ Queue "
+                  "or a Redis connection", 2)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Checkout sagas with injected faults, in-process (see `demo --help`)."""
+    from .demo import main as run_demo
+
+    ctx.exit(run_demo(list(ctx.args)))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The console entry point: runs :func:`main`, returns the exit code."""
+    try:
+        main.main(args=argv, prog_name="kompensa-workers", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except Failure as error:
+        error.show()
+        return error.code
+    except click.ClickException as error:
+        error.show()
+        return int(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("kompensa-workers: interrupted", err=True)
+        return EXIT_ERROR
+    except KompensaError as error:
+        click.echo(f"kompensa-workers: {error}", err=True)
+        return EXIT_ERROR
+    return 0
