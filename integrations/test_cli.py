@@ -45,8 +45,13 @@ def undo(_: Any) -> None:
     pass
 
 
+REFUND_API = {"up": False}
+
+
 def broken_undo(_: Any) -> None:
-    raise PermanentError("refund API gone")
+    """A refund API that is down until a person fixes it."""
+    if not REFUND_API["up"]:
+        raise PermanentError("refund API gone")
 
 
 def declined() -> None:
@@ -144,7 +149,7 @@ def test_show_reads_as_a_timeline(server: RedisServer) -> None:
     assert "token 2    handover" in retried
 
     stuck_run = cli(server, "show", "order-stuck").stdout
-    assert "compensation FAILED after 1 attempts" in stuck_run
+    assert "compensation FAILED after 1 attempt: " in stuck_run
     assert "compensation of 'reserve' failed for good" in stuck_run
     assert "needs a person" in stuck_run
 
@@ -202,3 +207,39 @@ def test_recover_names_what_it_needs(server: RedisServer) -> None:
     assert done.returncode == 2 and "write MODULE:ATTR" in done.stderr
     done = cli(server, "recover", "--app", "json:dumps")
     assert done.returncode == 2 and "is not a Celery app, a Dramatiq broker" in done.stderr
+
+
+def test_retry_compensation_turns_compensation_failed_into_compensated(
+    server: RedisServer,
+) -> None:
+    # Given an execution whose refund failed for good, once the refund API is fixed,
+    store = RedisStore.from_url(server.url, namespace=NAMESPACE)
+    REFUND_API["up"] = True
+    try:
+        done = cli(server, "retry-compensation", "order-stuck")
+        assert done.returncode == 0, done.stderr
+        assert "compensations of reserve are owed again" in done.stdout
+        assert json.loads(cli(server, "show", "order-stuck", "--json").stdout)[
+            "status"] == "compensating"
+        # the next delivery (here: the same saga run again with its key) compensates.
+        with pytest.raises(Exception, match="failed at step 'charge'"):
+            SagaRunner(store).run(stuck, idempotency_key="order-stuck")
+    finally:
+        REFUND_API["up"] = False
+    shown = cli(server, "show", "order-stuck").stdout
+    assert "status    compensated" in shown
+    assert "compensated after 1 attempt" in shown
+    assert cli(server, "retry-compensation", "order-stuck").returncode == 4
+
+
+def test_mark_resolved_records_a_manual_fix(server: RedisServer) -> None:
+    store = RedisStore.from_url(server.url, namespace=NAMESPACE)
+    with pytest.raises(Exception, match="compensation"):
+        SagaRunner(store).run(stuck, idempotency_key="order-fixed-by-hand")
+    done = cli(server, "retry-compensation", "order-fixed-by-hand", "--mark-resolved")
+    assert done.returncode == 0, done.stderr
+    assert "marked resolved (reserve); it is compensated" in done.stdout
+    shown = cli(server, "show", "order-fixed-by-hand").stdout
+    assert "status    compensated" in shown
+    assert "compensation marked resolved by hand (it had failed: " in shown
+    assert "needs a person" not in shown

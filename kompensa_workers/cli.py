@@ -21,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,7 +33,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from .errors import KompensaError, StoreUnavailable
-from .records import STATUSES, Execution
+from .records import (
+    STATUSES,
+    CompensationRecord,
+    Execution,
+    ExecutionStatus,
+    SagaFailure,
+)
+from .store import JournalWrite
 from .timeline import age, describe, render, summary
 
 __all__ = ["main"]
@@ -233,6 +240,75 @@ def cancel(journal: Journal, key: str, as_json: bool) -> None:
         return
     click.echo(f"cancel requested for {key!r}: its next delivery rolls it back "
                "(a delivery that holds it stops before its next step)")
+
+
+@main.command("retry-compensation")
+@click.argument("key")
+@click.option("--mark-resolved", is_flag=True,
+              help="you undid the failed steps by hand: record them compensated")
+@json_option
+@click.pass_obj
+def retry_compensation(journal: Journal, key: str, mark_resolved: bool, as_json: bool) -> None:
+    """Run again the compensations a compensation_failed execution still owes (the
+    next delivery, sent by recovery, runs them with their full retry policy), or
+    with --mark-resolved record them done after a manual fix."""
+    execution = journal.get(key)
+    if execution.status != "compensation_failed":
+        raise Failure(f"execution {key!r} is {execution.status}, not compensation_failed",
+                      EXIT_CONFLICT)
+    store = journal.store
+    if not journal.call(lambda: store.reopen(key)):
+        raise Failure(f"execution {key!r} changed meanwhile; look again", EXIT_CONFLICT)
+    claim = journal.call(lambda: store.claim(
+        key, saga=execution.saga, fingerprint=execution.fingerprint, lease_token=None,
+        lock_ttl=store.lock_ttl, at=time.time(),
+    ))
+    if claim.lease is None:
+        raise Failure(f"execution {key!r} is held by a delivery ({claim.state}); "
+                      "it runs the compensations itself", EXIT_CONFLICT)
+    write = _resolved(execution) if mark_resolved else _owed_again(execution)
+    journal.call(lambda: store.commit(key, claim.lease, write))
+    steps = [s.name for s in execution.steps
+             if s.compensation is not None and s.compensation.status == "failed"]
+    if as_json:
+        emit({"key": key, "steps": steps,
+              "status": "compensated" if mark_resolved else "compensating"})
+    elif mark_resolved:
+        click.echo(f"{key!r}: marked resolved ({', '.join(steps)}); it is compensated")
+    else:
+        how = ("recovery sends it to a worker (enable_recovery / SagaWorker, or "
+               "`kompensa-workers recover --app ...`)" if execution.dispatch else
+               "it ran in-process: run it again with its key to compensate")
+        click.echo(f"{key!r}: compensations of {', '.join(steps)} are owed again; {how}")
+
+
+def _owed_again(execution: Execution) -> JournalWrite:
+    """The failed compensations back to owed, with their retry policy afresh."""
+    records = [
+        replace(s, compensation=CompensationRecord("retrying", 0, s.compensation.error))
+        for s in execution.steps
+        if s.compensation is not None and s.compensation.status == "failed"
+    ]
+    return JournalWrite.build(time.time(), *records, status="compensating", release=True)
+
+
+def _resolved(execution: Execution) -> JournalWrite:
+    """The failed compensations done by hand (their last error kept for the record)."""
+    now = time.time()
+    records = [
+        replace(s, compensation=CompensationRecord(
+            "compensated", s.compensation.attempts, s.compensation.error, finished_at=now,
+        ))
+        for s in execution.steps
+        if s.compensation is not None and s.compensation.status == "failed"
+    ]
+    failure = execution.error
+    if failure is not None:
+        failure = SagaFailure(failure.failed_step, failure.cause, (), failure.reason)
+    final: ExecutionStatus = (
+        "cancelled" if failure is not None and failure.reason == "cancelled" else "compensated"
+    )
+    return JournalWrite.build(now, *records, status=final, failure=failure, release=True)
 
 
 @main.command()

@@ -178,6 +178,16 @@ class MemoryStore:
             self._recoveries.pop(key, None)
             return True
 
+    def reopen(self, key: str) -> bool:
+        with self._mutex:
+            fields = self._live_fields(key, self._clock.time())
+            if fields is None or fields["status"] != b"compensation_failed":
+                return False
+            fields.update(status=b"compensating", open=b"0")
+            self._leases.pop(key, None)
+            self._held_back.pop(key, None)
+            return True
+
     def get(self, key: str) -> Execution | None:
         with self._mutex:
             fields = self._live_fields(key, self._clock.time())

@@ -164,6 +164,11 @@ class Store(Protocol):
         ValueError for one that has not ended (cancel it first)."""
         ...
 
+    def reopen(self, key: str) -> bool:
+        """Turn a ``compensation_failed`` execution back to ``compensating``, due for
+        recovery at once; False if there is no such execution in that status."""
+        ...
+
 
 def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
     """Build an Execution from a store's field map (the same layout for every store)."""

@@ -138,8 +138,9 @@ def render(execution: Execution, *, now: float | None = None) -> list[str]:
     ]
     if not execution.steps:
         lines.append("  (none yet)")
+    rolling_back = execution.status in ("compensating", "compensation_failed")
     for record in execution.steps:
-        lines.extend(_step_lines(record))
+        lines.extend(_step_lines(record, rolling_back))
     failure = execution.error
     if failure is not None:
         lines += ["", "outcome"]
@@ -163,7 +164,7 @@ def render(execution: Execution, *, now: float | None = None) -> list[str]:
     return lines
 
 
-def _step_lines(record: StepRecord) -> list[str]:
+def _step_lines(record: StepRecord, rolling_back: bool) -> list[str]:
     label = record.name if record.parent is None else f"{record.parent}/{record.name}"
     took = ""
     if record.started_at and record.finished_at:
@@ -186,14 +187,19 @@ def _step_lines(record: StepRecord) -> list[str]:
         lines.append(f"      waited in the broker: {waits}")
     comp = record.compensation
     if comp is not None:
-        if comp.status == "compensated":
+        if comp.status == "compensated" and comp.error is not None:
+            # Only a person's --mark-resolved leaves the last error on a done record.
+            lines.append(f"      compensation marked resolved by hand (it had failed: "
+                         f"{comp.error.type_name}: {comp.error.message})")
+        elif comp.status == "compensated":
             lines.append(f"      compensated after {comp.attempts} attempt"
                          f"{'s' if comp.attempts != 1 else ''}")
         elif comp.status == "failed":
             error = f": {comp.error.type_name}: {comp.error.message}" if comp.error else ""
-            lines.append(f"      compensation FAILED after {comp.attempts} attempts{error}")
+            lines.append(f"      compensation FAILED after {comp.attempts} attempt"
+                         f"{'s' if comp.attempts != 1 else ''}{error}")
         else:
             lines.append(f"      compensation retrying ({comp.attempts} attempts so far)")
-    elif record.owes_compensation:
+    elif record.owes_compensation and rolling_back:
         lines.append("      compensation owed")
     return lines

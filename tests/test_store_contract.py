@@ -359,3 +359,16 @@ def test_purge_deletes_ended_executions_only(store: Any) -> None:
     assert sorted(store.keys()) == ["running"]
     # A purged key starts afresh.
     assert claim(store, key="done").state == "granted"
+
+
+def test_reopen_turns_compensation_failed_back_to_compensating_and_due(store: Any) -> None:
+    granted = claim(store)
+    store.commit("k", granted.lease, write(step("a"), status="compensation_failed",
+                                           release=True))
+    assert store.due() == []
+    assert store.reopen("k") is True
+    assert store.get("k").status == "compensating"
+    assert store.due() == ["k"]  # recovery sends it to a worker at once
+    assert store.reopen("k") is False  # only compensation_failed reopens
+    assert store.reopen("missing") is False
+    assert claim(store).state == "granted"

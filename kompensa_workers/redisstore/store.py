@@ -223,6 +223,9 @@ class RedisStore:
             raise ValueError(f"execution {key!r} has not ended; cancel it before purging it")
         return bool(deleted)
 
+    def reopen(self, key: str) -> bool:
+        return bool(self._script("reopen", key, [key]))
+
     # -- plumbing ----------------------------------------------------------------
 
     def _script(
