@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.celery needs Celery: pip install 'kompensa-workers[celery]'"
     ) from exc
 
+from . import _tracing
 from ._check import count, instance, number
 from ._check import store as check_store
 from .codec import check_arguments
@@ -54,6 +55,7 @@ from .delivery import (
 )
 from .errors import KompensaError, LeaseLost, StoreUnavailable
 from .flow import Flow
+from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
 from .runner import SagaRunner
 from .store import Store
@@ -84,6 +86,7 @@ class SagaTask(Task):  # type: ignore[misc]
     saga_retry: Retry | None = None
     saga_lock_ttl: float | None = None
     saga_max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    saga_hooks: Hooks | None = None
     acks_late = True
     reject_on_worker_lost = True
     acks_on_timeout = False  # a hard time limit kills the child: bring the message back
@@ -109,12 +112,13 @@ class SagaTask(Task):  # type: ignore[misc]
         if request.called_directly or request.is_eager:
             return self._run_in_process(args, kwargs)
         key = self.key_of(request, args, kwargs)
+        trace = _tracing.enter(request.get(_tracing.KEY))
         try:
             outcome = deliver(
                 type(self).saga, args, kwargs, key=key, store=self.journal(),
                 lease_token=request.get(TOKEN_HEADER), lock_ttl=self.saga_lock_ttl,
                 max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
-                dispatch=self._dispatch(args, kwargs), name=self.name,
+                dispatch=self._dispatch(args, kwargs), name=self.name, hooks=self.saga_hooks,
             )
         except LeaseLost:
             # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
@@ -126,6 +130,8 @@ class SagaTask(Task):  # type: ignore[misc]
             logger.warning("%s[%s]: journal unreachable; sent again", self.name, key)
             self._send_again(min(self.journal().lock_ttl, 5.0), None)
             raise Ignore() from None
+        finally:
+            _tracing.leave(trace)
         if isinstance(outcome, (Finished, Failed)) and outcome.cached and key == request.id:
             self._leave_reporting_to_the_finisher()
         if isinstance(outcome, Finished):
@@ -170,6 +176,9 @@ class SagaTask(Task):  # type: ignore[misc]
         headers = _without_token(request.headers)
         if lease_token:
             headers[TOKEN_HEADER] = lease_token
+        trace = _tracing.carry(request.get(_tracing.KEY))
+        if trace:
+            headers[_tracing.KEY] = trace
         headers.update(extra or {})
         again = self.signature_from_request(
             request, countdown=max(countdown, 0.0), headers=headers,
@@ -205,6 +214,7 @@ class SagaTask(Task):  # type: ignore[misc]
         runner = SagaRunner(
             self.journal(), lock_wait=self.journal().lock_ttl, lock_ttl=self.saga_lock_ttl,
             max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
+            hooks=self.saga_hooks,
         )
         return runner.execute(type(self).saga, args, kwargs, key=key, name=self.name)
 
@@ -222,13 +232,15 @@ def saga_task(
     retry: Retry | None = None,
     lock_ttl: float | None = None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    hooks: Hooks | None = None,
     **task_options: Any,
 ) -> Callable[[SagaFunction], SagaTask]:
     """Decorate ``fn(saga, *args, **kwargs)`` into a Celery task.
 
     The idempotency key is the task id, unless ``key(*args, **kwargs)`` derives a
     business key. ``store`` defaults to a RedisStore on the app's broker when that
-    is Redis. ``retry`` is the policy of steps that name none. Other options go to
+    is Redis. ``retry`` is the policy of steps that name none; ``hooks`` observe its
+    deliveries (besides those installed process-wide). Other options go to
     ``app.task`` (``name``, ``queue``, ``time_limit``, ...).
     """
 
@@ -238,6 +250,7 @@ def saga_task(
     if key is not None and not callable(key):
         raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
     instance("saga_task", "retry", retry, Retry)
+    instance("saga_task", "hooks", hooks, Hooks)
     check_store("saga_task", store)
     count("saga_task", "max_deliveries", max_deliveries)
     if lock_ttl is not None:
@@ -261,7 +274,7 @@ def saga_task(
             bind=True, base=SagaTask, name=name, typing=False,
             saga=staticmethod(fn), saga_key=staticmethod(key) if key else None,
             saga_store=store, saga_retry=retry, saga_lock_ttl=lock_ttl,
-            saga_max_deliveries=max_deliveries, **task_options,
+            saga_max_deliveries=max_deliveries, saga_hooks=hooks, **task_options,
         )(run)
 
     return decorator
@@ -296,6 +309,8 @@ def recover(app: Celery, store: Store | None = None, *, limit: int = 100) -> int
             dispatch["task"], args=dispatch["args"], kwargs=dispatch["kwargs"],
             task_id=dispatch["id"], **dict(dispatch.get("options") or {}),
         )
+        assert execution is not None
+        dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
         logger.info("recovered %s[%s] as task %s", dispatch["task"], key, dispatch["id"])
         sent += 1
     return sent

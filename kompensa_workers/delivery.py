@@ -180,14 +180,15 @@ def deliver(
         dispatch=None if dispatch is None else encode(dict(dispatch), what="dispatch"),
     )
     if claim.state == "busy":
+        hook.on_busy(SagaEvent(key, name, "busy", delay=claim.retry_after))
         return Busy(claim.retry_after)
     execution = claim.execution
     assert execution is not None
     if claim.state == "conflict":
         raise IdempotencyConflict(key, execution.saga)
     if claim.state == "terminal":
-        hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True))
         error = execution.exception()
+        hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True, error=error))
         return Failed(error, cached=True) if error else Finished(execution.result, cached=True)
     assert claim.lease is not None
     run = ExecutionRun(
@@ -203,11 +204,18 @@ def deliver(
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
     except (Abort, Diverged, StoreFailed) as exc:
+        if isinstance(exc, Abort):
+            hook.on_lease_lost(SagaEvent(key, name, run.status, error=exc.error))
+        hook.on_saga_end(SagaEvent(key, name, run.status, error=exc.error))
         raise exc.error from None
+    except BaseException as exc:
+        hook.on_saga_end(SagaEvent(key, name, run.status, error=exc))
+        raise
     finally:
         keeper.drop(handle)
     error = outcome.error if isinstance(outcome, Failed) else None
-    hook.on_saga_end(SagaEvent(key, name, run.status, error=error))
+    delay = outcome.delay if isinstance(outcome, RetryLater) else None
+    hook.on_saga_end(SagaEvent(key, name, run.status, error=error, delay=delay))
     return outcome
 
 

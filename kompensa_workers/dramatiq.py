@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.dramatiq needs Dramatiq: pip install 'kompensa-workers[dramatiq]'"
     ) from exc
 
+from . import _tracing
 from ._check import count, instance, number
 from ._check import store as check_store
 from .codec import check_arguments
@@ -67,6 +68,7 @@ from .delivery import (
     saga_name,
 )
 from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
+from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
 from .runner import SagaRunner
 from .store import Store
@@ -124,6 +126,7 @@ class _Saga:
     retry: Retry | None
     lock_ttl: float | None
     max_deliveries: int
+    hooks: Hooks | None = None
 
 
 class SagaActor(Actor[..., Any]):
@@ -159,12 +162,14 @@ class SagaActor(Actor[..., Any]):
         budget = None
         if delivery.budget is not None:
             budget = max(delivery.budget - (time.monotonic() - delivery.started), 0.001)
+        trace = _tracing.enter(message.options.get(_tracing.KEY))
         try:
             outcome = deliver(
                 self.saga.fn, message.args, message.kwargs, key=key, store=self.saga.store,
                 lease_token=message.options.get(TOKEN_OPTION), lock_ttl=self.saga.lock_ttl,
                 max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
                 dispatch=self._dispatch(message), name=self.actor_name, time_limit=budget,
+                hooks=self.saga.hooks,
             )
         except LeaseLost:
             # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
@@ -182,6 +187,8 @@ class SagaActor(Actor[..., Any]):
                          self.saga.store.lock_ttl)
             self._send_again(message, self.saga.store.lock_ttl)
             raise self._quiet_end(message, key, "replay diverged; sent again") from None
+        finally:
+            _tracing.leave(trace)
         if (
             isinstance(outcome, (Finished, Failed)) and outcome.cached
             and not self._should_report(message, key)
@@ -228,6 +235,9 @@ class SagaActor(Actor[..., Any]):
         options[RESENT_OPTION] = True
         if token:
             options[TOKEN_OPTION] = token
+        trace = _tracing.carry(message.options.get(_tracing.KEY))
+        if trace:
+            options[_tracing.KEY] = trace
         again: Message[Any] = Message(
             queue_name=q_name(message.queue_name), actor_name=message.actor_name,
             args=tuple(message.args), kwargs=dict(message.kwargs), options=options,
@@ -261,6 +271,7 @@ class SagaActor(Actor[..., Any]):
         runner = SagaRunner(
             store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
             max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
+            hooks=self.saga.hooks,
         )
         return runner.execute(self.saga.fn, args, kwargs, key=key, name=self.actor_name)
 
@@ -390,6 +401,7 @@ def saga_task(
     retry: Retry | None = None,
     lock_ttl: float | None = None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    hooks: Hooks | None = None,
     broker: Broker | None = None,
     actor_name: str | None = None,
     queue_name: str = "default",
@@ -407,6 +419,7 @@ def saga_task(
     if key is not None and not callable(key):
         raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
     instance("saga_task", "retry", retry, Retry)
+    instance("saga_task", "hooks", hooks, Hooks)
     check_store("saga_task", store)
     count("saga_task", "max_deliveries", max_deliveries)
     if lock_ttl is not None:
@@ -425,7 +438,7 @@ def saga_task(
         target = broker or dramatiq.get_broker()
         _middleware(target)
         config = _Saga(saga_fn, key, store or default_store(target), retry, lock_ttl,
-                       max_deliveries)
+                       max_deliveries, hooks)
         options = dict(actor_options)
         if "throws" in target.actor_options:  # a failed saga is final: never retried
             options["throws"] = (*_exception_types(options.get("throws")), KompensaError)
@@ -487,6 +500,8 @@ def recover(broker: Broker, store: Store | None = None, *, limit: int = 100) -> 
                 options=options, message_id=dispatch["id"],
             ))
             logger.info("recovered %s[%s] as message %s", actor.actor_name, key, dispatch["id"])
+            assert execution is not None
+            dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
             sent += 1
     return sent
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["CompensationEvent", "Hooks", "SagaEvent", "StepEvent"]
+__all__ = ["CompensationEvent", "Hooks", "SagaEvent", "StepEvent", "install", "uninstall"]
 
 logger = logging.getLogger("kompensa_workers")
 
@@ -20,8 +20,9 @@ class SagaEvent:
     """A delivery of an execution started or ended.
 
     ``status`` is the execution status at the end (``waiting`` when a retry is
-    scheduled); ``cached`` is true when a terminal execution was answered from the
-    journal without running anything.
+    scheduled; ``busy`` for a deferred duplicate); ``cached`` is true when a
+    terminal execution was answered from the journal without running anything;
+    ``delay`` is when the next delivery is due (a retry, a busy deferral).
     """
 
     key: str
@@ -30,6 +31,7 @@ class SagaEvent:
     cached: bool = False
     resumed: bool = False
     error: BaseException | None = None
+    delay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,17 @@ class Hooks:
         """A delivery was granted the lease (``resumed``: the journal had records)."""
 
     def on_saga_end(self, event: SagaEvent) -> None:
-        """A delivery ended: finished, failed, cached or waiting for a retry."""
+        """A delivery ended: finished, failed, cached, waiting for a retry, or
+        stopped by an error (``error``: a lost lease, an unreachable store, ...)."""
+
+    def on_busy(self, event: SagaEvent) -> None:
+        """A duplicate found the lease held: deferred for ``delay`` seconds."""
+
+    def on_lease_lost(self, event: SagaEvent) -> None:
+        """A delivery lost its lease mid-saga (its writes were refused)."""
+
+    def on_recovered(self, event: SagaEvent) -> None:
+        """Recovery sent an execution again: its worker died holding it."""
 
     def on_step_start(self, event: StepEvent) -> None:
         """An attempt of a step is about to run."""
@@ -104,6 +116,15 @@ class HookDispatcher(Hooks):
     def on_saga_end(self, event: SagaEvent) -> None:
         self._emit("on_saga_end", event)
 
+    def on_busy(self, event: SagaEvent) -> None:
+        self._emit("on_busy", event)
+
+    def on_lease_lost(self, event: SagaEvent) -> None:
+        self._emit("on_lease_lost", event)
+
+    def on_recovered(self, event: SagaEvent) -> None:
+        self._emit("on_recovered", event)
+
     def on_step_start(self, event: StepEvent) -> None:
         self._emit("on_step_start", event)
 
@@ -123,12 +144,32 @@ class HookDispatcher(Hooks):
         self._emit("on_compensation_failed", event)
 
 
+_installed: list[Hooks] = []
+
+
+def install(hooks: Hooks) -> None:
+    """Observe every delivery in this process (and recoveries): how tracing and
+    metrics are switched on once, at worker start-up."""
+    if not isinstance(hooks, Hooks):
+        raise TypeError(f"install: hooks must be a Hooks instance, got {hooks!r}")
+    if hooks not in _installed:
+        _installed.append(hooks)
+
+
+def uninstall(hooks: Hooks) -> None:
+    """Stop observing with ``hooks`` (installed with :func:`install`)."""
+    if hooks in _installed:
+        _installed.remove(hooks)
+
+
 def dispatcher(hooks: Hooks | Iterable[Hooks] | None) -> HookDispatcher:
-    """Normalise the ``hooks=`` argument users pass."""
+    """Normalise the ``hooks=`` argument users pass, with the installed hooks."""
     if hooks is None:
-        return HookDispatcher()
-    if isinstance(hooks, HookDispatcher):
-        return hooks
-    if isinstance(hooks, Hooks):
-        return HookDispatcher([hooks])
-    return HookDispatcher(hooks)
+        given: list[Hooks] = []
+    elif isinstance(hooks, HookDispatcher):
+        given = list(hooks._hooks)
+    elif isinstance(hooks, Hooks):
+        given = [hooks]
+    else:
+        given = list(hooks)
+    return HookDispatcher([*_installed, *(h for h in given if h not in _installed)])

@@ -41,6 +41,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("kompensa_workers.rq needs RQ: pip install 'kompensa-workers[rq]'") from exc
 
+from . import _tracing
 from ._check import count, instance, number
 from ._check import store as check_store
 from .codec import check_arguments
@@ -54,6 +55,7 @@ from .delivery import (
     delivery_budget,
 )
 from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
+from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
 from .runner import SagaRunner
 from .store import Store
@@ -76,6 +78,7 @@ class _Saga:
     retry: Retry | None
     lock_ttl: float | None
     max_deliveries: int
+    hooks: Hooks | None = None
 
 
 class SagaJob:
@@ -153,6 +156,7 @@ class SagaJob:
     def _deliver(self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         key = self.key_of(job)
         timeout = job.timeout or self.queue.DEFAULT_TIMEOUT
+        trace = _tracing.enter(job.meta.get(_tracing.KEY))
         try:
             outcome = deliver(
                 self.saga.fn, args, kwargs, key=key, store=self.saga.store,
@@ -160,6 +164,7 @@ class SagaJob:
                 max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
                 dispatch=self._dispatch(job, args, kwargs), name=self.path,
                 time_limit=delivery_budget(timeout) if timeout > 0 else None,
+                hooks=self.saga.hooks,
             )
         except LeaseLost:
             # Perhaps a newer delivery holds it; perhaps the lease just lapsed.
@@ -172,6 +177,8 @@ class SagaJob:
             # again once the lease lapses (after max_deliveries: poison, rolled back).
             logger.error("%s[%s]: %s", self.path, key, exc)
             return self._later(job, key, self.saga.store.lock_ttl, None, "replay diverged")
+        finally:
+            _tracing.leave(trace)
         if isinstance(outcome, Finished):
             return outcome.result
         if isinstance(outcome, Failed):
@@ -194,6 +201,9 @@ class SagaJob:
             # is shared by every delivery of this job id: re-read it, so a token the
             # holder saved meanwhile is kept, not overwritten.
             job.get_meta(refresh=True)
+        trace = _tracing.carry(job.meta.get(_tracing.KEY))
+        if trace:
+            job.meta[_tracing.KEY] = trace
         wait = 0.0 if delay <= 0 else delay + 1.0
         if wait and not scheduler_running(self.queue):
             _warn_no_scheduler(self.queue)
@@ -221,6 +231,7 @@ class SagaJob:
         runner = SagaRunner(
             store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
             max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
+            hooks=self.saga.hooks,
         )
         return runner.execute(self.saga.fn, args, kwargs, key=key, name=self.path)
 
@@ -275,6 +286,7 @@ def saga_task(
     lock_ttl: float | None = None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     name: str | None = None,
+    hooks: Hooks | None = None,
     **job_options: Any,
 ) -> Callable[[SagaFunction], SagaJob]:
     """Decorate ``fn(saga, *args, **kwargs)`` into a saga job on ``queue``, like
@@ -293,6 +305,7 @@ def saga_task(
         raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
     instance("saga_task", "retry", retry, Retry,
              " (the step policy: kompensa_workers.Retry, not rq.Retry)")
+    instance("saga_task", "hooks", hooks, Hooks)
     check_store("saga_task", store)
     count("saga_task", "max_deliveries", max_deliveries)
     if lock_ttl is not None:
@@ -304,7 +317,7 @@ def saga_task(
         if not callable(fn):
             raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
         path = name or f"{_module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
-        config = _Saga(fn, key, journal, retry, lock_ttl, max_deliveries)
+        config = _Saga(fn, key, journal, retry, lock_ttl, max_deliveries, hooks)
         return SagaJob(config, queue, path, dict(job_options))
 
     return decorator
@@ -372,6 +385,8 @@ def recover(
             queue = Queue(dispatch["queue"], connection=connection, serializer=serializer)
             if _requeue(queue, journal, key, dispatch):
                 logger.info("recovered %s[%s] as job %s", dispatch["func"], key, dispatch["id"])
+                assert execution is not None
+                dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
                 sent += 1
         except Exception:
             logger.exception("recovering %s failed; the next pass tries again", key)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import _tracing
 from ._check import count, instance, number
 from ._check import store as check_store
 from .clock import SYSTEM_CLOCK, Clock
@@ -97,12 +98,18 @@ class SagaRunner:
         ``name`` (adapters pass their task or actor name, as their deliveries do)."""
         lease_token: str | None = None
         waited = 0.0
+        trace: dict[str, str] = {}  # every delivery of the execution in one trace
         while True:
-            outcome = deliver(
-                fn, args, kwargs, key=key, store=self.store, lease_token=lease_token,
-                hooks=self.hooks, clock=self.clock, lock_ttl=self.lock_ttl,
-                max_deliveries=self.max_deliveries, retry=self.retry, name=name,
-            )
+            token = _tracing.enter(trace)
+            try:
+                outcome = deliver(
+                    fn, args, kwargs, key=key, store=self.store, lease_token=lease_token,
+                    hooks=self.hooks, clock=self.clock, lock_ttl=self.lock_ttl,
+                    max_deliveries=self.max_deliveries, retry=self.retry, name=name,
+                )
+            finally:
+                _tracing.leave(token)
+            trace = _tracing.carry(trace)
             if isinstance(outcome, Finished):
                 return outcome.result  # type: ignore[no-any-return]
             if isinstance(outcome, Failed):
