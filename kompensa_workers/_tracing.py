@@ -2,21 +2,17 @@
 
 Adapters put :func:`carry` into the message they send again (a Celery header,
 Dramatiq message options, RQ job meta) and :func:`enter` what a delivery brings,
-so every delivery of an execution is in one trace. Without OpenTelemetry installed
-both do nothing.
+so every delivery of an execution is in one trace. OpenTelemetry is used only
+once something in the process has imported it (no trace can exist before), so
+importing this package never loads it.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
-
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
-except ImportError:  # pragma: no cover - the otel extra is not installed
-    otel_context = None  # type: ignore[assignment]
 
 __all__ = ["carry", "enter", "leave", "remember"]
 
@@ -24,17 +20,32 @@ KEY = "kompensa_trace"  # the header / option / meta entry adapters use
 _last = threading.local()
 
 
+def _api() -> Any:
+    """The OpenTelemetry API, if the process uses it; else None."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    try:
+        import opentelemetry.context
+        import opentelemetry.propagate
+        import opentelemetry.trace
+    except ImportError:  # pragma: no cover - half-installed
+        return None
+    return opentelemetry
+
+
 def enter(carrier: Mapping[str, Any] | None) -> object | None:
     """Make the trace a delivery carries current; returns what :func:`leave` needs."""
     _last.context = None
-    if otel_context is None or not isinstance(carrier, Mapping) or not carrier:
+    api = _api()
+    if api is None or not isinstance(carrier, Mapping) or not carrier:
         return None
-    return otel_context.attach(propagate.extract({str(k): str(v) for k, v in carrier.items()}))
+    extracted = api.propagate.extract({str(k): str(v) for k, v in carrier.items()})
+    return api.context.attach(extracted)  # type: ignore[no-any-return]
 
 
 def leave(token: object | None) -> None:
-    if token is not None and otel_context is not None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+    if token is not None:
+        _api().context.detach(token)
 
 
 def remember(context: Any) -> None:
@@ -48,11 +59,12 @@ def carry(incoming: Mapping[str, Any] | None = None) -> dict[str, str]:
     delivery came with, else the current one, else the delivery just ended."""
     if isinstance(incoming, Mapping) and incoming:
         return {str(k): str(v) for k, v in incoming.items()}
-    if otel_context is None:
+    api = _api()
+    if api is None:
         return {}
     carrier: dict[str, str] = {}
-    if trace.get_current_span().get_span_context().is_valid:
-        propagate.inject(carrier)
+    if api.trace.get_current_span().get_span_context().is_valid:
+        api.propagate.inject(carrier)
     elif getattr(_last, "context", None) is not None:
-        propagate.inject(carrier, context=_last.context)
+        api.propagate.inject(carrier, context=_last.context)
     return carrier
