@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the kompensa-workers CLI needs click: pip install 'kompensa-workers[cli]'"
     ) from exc
 
-from .errors import KompensaError, StoreUnavailable
+from .errors import KompensaError, SerializationError, StoreUnavailable
 from .records import (
     STATUSES,
     CompensationRecord,
@@ -105,39 +105,65 @@ class Journal:
             try:
                 self._store = RedisStore.from_url(self.url, namespace=self.namespace)
             except ValueError as exc:
-                raise Failure(f"bad --redis-url {self.url!r}: {exc}", 2) from None
+                raise Failure(f"bad --redis-url or --namespace: {exc}", 2) from None
         return self._store
 
     def where(self) -> str:
-        return f"namespace {self.namespace!r} at {self.url}"
+        return f"namespace {self.namespace!r} at {redact(self.url)}"
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()``, with Redis trouble as one clear line."""
         import redis
 
+        url = redact(self.url)
         try:
             return fn()
         except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Failure(f"cannot reach Redis at {self.url}: {exc}", EXIT_UNREACHABLE) from None
+            raise Failure(f"cannot reach Redis at {url}: {exc}", EXIT_UNREACHABLE) from None
         except redis.RedisError as exc:
-            raise Failure(f"Redis at {self.url} refused the command: {exc}") from None
+            raise Failure(f"Redis at {url} refused the command: {exc}") from None
+        except UnicodeError as exc:
+            raise Failure(f"not valid UTF-8 text: {exc}", 2) from None
 
     def executions(self) -> Iterator[Execution]:
         keys: list[str] = self.call(lambda: list(self.store.keys()))
         for key in keys:
-            execution = self.call(partial(self.store.get, key))
+            try:
+                execution = self.call(partial(self.store.get, key))
+            except SerializationError as exc:  # one bad record does not hide the rest
+                click.echo(f"kompensa-workers: skipped {key!r}: {exc}", err=True)
+                continue
             if execution is not None:
                 yield execution
 
     def get(self, key: str) -> Execution:
-        execution = self.call(lambda: self.store.get(key))
+        try:
+            execution = self.call(lambda: self.store.get(key))
+        except SerializationError as exc:
+            raise Failure(str(exc)) from None
         if execution is None:
             raise Failure(f"no execution {key!r} in {self.where()}", EXIT_NOT_FOUND)
         return execution  # type: ignore[no-any-return]
 
 
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as strings: strict JSON parsers refuse the bare words."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), -float("inf"))):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=repr))
+    click.echo(json.dumps(_finite(data), indent=2, default=repr, allow_nan=False))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for programs")
@@ -257,24 +283,15 @@ def retry_compensation(journal: Journal, key: str, mark_resolved: bool, as_json:
         raise Failure(f"execution {key!r} is {execution.status}, not compensation_failed",
                       EXIT_CONFLICT)
     store = journal.store
-    if not journal.call(lambda: store.reopen(key)):
-        raise Failure(f"execution {key!r} changed meanwhile; look again", EXIT_CONFLICT)
-    claim = journal.call(lambda: store.claim(
-        key, saga=execution.saga, fingerprint=execution.fingerprint, lease_token=None,
-        lock_ttl=store.lock_ttl, at=time.time(),
-    ))
-    if claim.lease is None:
-        raise Failure(f"execution {key!r} is held by a delivery ({claim.state}); "
-                      "it runs the compensations itself", EXIT_CONFLICT)
     write = _resolved(execution) if mark_resolved else _owed_again(execution)
-    journal.call(lambda: store.commit(key, claim.lease, write))
+    if not journal.call(lambda: store.reopen(key, write)):
+        raise Failure(f"execution {key!r} changed meanwhile; look again", EXIT_CONFLICT)
     steps = [s.name for s in execution.steps
              if s.compensation is not None and s.compensation.status == "failed"]
     if as_json:
-        emit({"key": key, "steps": steps,
-              "status": "compensated" if mark_resolved else "compensating"})
+        emit({"key": key, "steps": steps, "status": write.status})
     elif mark_resolved:
-        click.echo(f"{key!r}: marked resolved ({', '.join(steps)}); it is compensated")
+        click.echo(f"{key!r}: marked resolved ({', '.join(steps)}); it is {write.status}")
     else:
         how = ("recovery sends it to a worker (enable_recovery / SagaWorker, or "
                "`kompensa-workers recover --app ...`)" if execution.dispatch else
@@ -289,7 +306,7 @@ def _owed_again(execution: Execution) -> JournalWrite:
         for s in execution.steps
         if s.compensation is not None and s.compensation.status == "failed"
     ]
-    return JournalWrite.build(time.time(), *records, status="compensating", release=True)
+    return JournalWrite.build(time.time(), *records, status="compensating")
 
 
 def _resolved(execution: Execution) -> JournalWrite:
@@ -308,7 +325,7 @@ def _resolved(execution: Execution) -> JournalWrite:
     final: ExecutionStatus = (
         "cancelled" if failure is not None and failure.reason == "cancelled" else "compensated"
     )
-    return JournalWrite.build(now, *records, status=final, failure=failure, release=True)
+    return JournalWrite.build(now, *records, status=final, failure=failure)
 
 
 @main.command()
@@ -331,8 +348,11 @@ def purge(journal: Journal, older_than: float, include_compensation_failed: bool
     ]
     deleted = []
     for execution in doomed:
-        if dry_run or journal.call(partial(journal.store.purge, execution.key)):
-            deleted.append(execution.key)
+        try:
+            if dry_run or journal.call(partial(journal.store.purge, execution.key)):
+                deleted.append(execution.key)
+        except ValueError:  # reopened or resumed meanwhile: not ended any more
+            continue
     if as_json:
         emit({"dry_run": dry_run, "deleted": deleted})
         return
@@ -353,11 +373,22 @@ def recover(journal: Journal, target: str, loop: bool, interval: float, as_json:
     expired and their message never came back), with their own task/message/job id."""
     run = _recoverer(_load(target), journal)
     while True:
-        sent = journal.call(run)
-        if as_json:
-            emit({"recovered": sent})
+        try:
+            sent = journal.call(run)
+        except Failure:
+            if not loop:
+                raise
+            click.echo(f"kompensa-workers: recovery pass failed; again in {age(interval)}",
+                       err=True)
+        except Exception as exc:  # the broker refused the re-send
+            if not loop:
+                raise Failure(f"recovery failed: {type(exc).__name__}: {exc}") from None
+            click.echo(f"kompensa-workers: recovery pass failed: {exc}", err=True)
         else:
-            click.echo(f"recovered {sent} executions")
+            if as_json:
+                emit({"recovered": sent})
+            else:
+                click.echo(f"recovered {sent} executions")
         if not loop:
             return
         time.sleep(interval)
@@ -379,7 +410,10 @@ def _load(target: str) -> Any:
 
 
 def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
-    kind = type(app).__module__.split(".")[0]
+    kind = next(
+        (k.__module__.split(".")[0] for k in type(app).__mro__
+         if k.__module__.split(".")[0] in ("celery", "dramatiq", "rq", "redis")), "",
+    )
     if kind == "celery":
         from .celery import recover as celery_recover
 

@@ -254,7 +254,10 @@ class ExecutionRun:
                 continue
             except EngineSignal:
                 raise
-            except BaseException:
+            except BaseException as exc:
+                self.hooks.on_step_end(
+                    StepEvent(self.key, spec.name, attempt, time.monotonic() - started, exc)
+                )
                 if group is None:
                     self.release()
                 else:  # siblings still run: the group releases once they are done
@@ -275,8 +278,8 @@ class ExecutionRun:
                 self.commit(record)
                 self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration, exc))
                 return GaveUp(step_failed(spec.name, attempt, exc))
-            self.commit(record, status=None if self.status == "running" else "running")
             self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration))
+            self.commit(record, status=None if self.status == "running" else "running")
             return Succeeded(value)
 
     # -- helpers ---------------------------------------------------------------

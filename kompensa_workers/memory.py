@@ -173,19 +173,29 @@ class MemoryStore:
                     f"execution {key!r} has not ended; cancel it before purging it"
                 )
             del self._journals[key]
+            self._expires.pop(key, None)
             self._leases.pop(key, None)
             self._held_back.pop(key, None)
             self._recoveries.pop(key, None)
             return True
 
-    def reopen(self, key: str) -> bool:
+    def reopen(self, key: str, write: JournalWrite) -> bool:
+        if write.status is None:
+            raise ValueError("reopen: the write must set a status")
+        now = self._clock.time()
         with self._mutex:
-            fields = self._live_fields(key, self._clock.time())
+            fields = self._live_fields(key, now)
             if fields is None or fields["status"] != b"compensation_failed":
                 return False
-            fields.update(status=b"compensating", open=b"0")
+            fields.update(write.steps)
+            if write.failure is not None:
+                fields["error"] = write.failure
+            fields.update(status=write.status.encode(), updated_at=repr(write.at).encode(),
+                          open=b"0", stalled=b"0")
             self._leases.pop(key, None)
             self._held_back.pop(key, None)
+            if write.status in EXPIRING:
+                self._expires[key] = now + self.retention
             return True
 
     def get(self, key: str) -> Execution | None:

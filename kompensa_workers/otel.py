@@ -65,7 +65,20 @@ class TracingHooks(Hooks):
         )
         self._push(("saga", event.key), span)
 
+    def _close_leftovers(self, key: str, error: BaseException | None) -> None:
+        """Spans of this delivery still open (a step cut short by a lost lease or
+        an unreachable store): end them, innermost first."""
+        thread = threading.get_ident()
+        with self._mutex:
+            left = [slot for slot in self._open
+                    if slot[0] == thread and slot[1][0] != "saga" and slot[1][1] == key]
+            opened = [self._open.pop(slot) for slot in reversed(left)]
+        for span, token in opened:
+            self._close(span, error)
+            otel_context.detach(token)  # type: ignore[arg-type]
+
     def on_saga_end(self, event: SagaEvent) -> None:
+        self._close_leftovers(event.key, event.error)
         opened = self._pop(("saga", event.key))
         if opened is None:  # answered from the journal: nothing was started
             span, token = self.tracer.start_span(
@@ -94,7 +107,10 @@ class TracingHooks(Hooks):
         span.end()
 
     def on_lease_lost(self, event: SagaEvent) -> None:
-        trace.get_current_span().add_event("lease lost", {"kompensa.key": event.key})
+        with self._mutex:
+            opened = self._open.get((threading.get_ident(), ("saga", event.key)))
+        span = opened[0] if opened else trace.get_current_span()
+        span.add_event("lease lost", {"kompensa.key": event.key})
 
     def on_recovered(self, event: SagaEvent) -> None:
         span = self.tracer.start_span(

@@ -73,15 +73,18 @@ def _compensate_one(
             continue
         except EngineSignal:
             raise
-        except BaseException:
+        except BaseException as exc:
+            run.hooks.on_compensation_failed(CompensationEvent(
+                run.key, name, attempt, time.monotonic() - started, exc,
+            ))
             run.release()
             raise
         finally:
             run.unwatch(ctx.cancelled, None)
-        run.commit(run.journal.compensated(record, attempt, run.clock.time()))
         run.hooks.on_compensation_end(CompensationEvent(
             run.key, name, attempt, time.monotonic() - started
         ))
+        run.commit(run.journal.compensated(record, attempt, run.clock.time()))
         return
 
 

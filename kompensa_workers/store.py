@@ -164,9 +164,11 @@ class Store(Protocol):
         ValueError for one that has not ended (cancel it first)."""
         ...
 
-    def reopen(self, key: str) -> bool:
-        """Turn a ``compensation_failed`` execution back to ``compensating``, due for
-        recovery at once; False if there is no such execution in that status."""
+    def reopen(self, key: str, write: JournalWrite) -> bool:
+        """An operator's ``write`` to a ``compensation_failed`` execution, applied
+        only if it still is one (atomically; no lease, no delivery counted): its
+        failed compensations owed again (status ``compensating``: due for recovery
+        at once) or marked resolved (a final status). False if not applied."""
         ...
 
 

@@ -149,8 +149,10 @@ def render(execution: Execution, *, now: float | None = None) -> list[str]:
             lines.append("  cancelled; completed steps rolled back")
         elif failure.cause is not None:
             lines.append(f"  failed {where}: {failure.cause.type_name}: {failure.cause.message}")
+        retrying = execution.status == "compensating"
         for step, info in failure.compensation_errors:
-            lines.append(f"  compensation of {step!r} failed for good: "
+            how = "failed before; being retried" if retrying else "failed for good"
+            lines.append(f"  compensation of {step!r} {how}: "
                          f"{info.type_name}: {info.message}")
         if execution.status == "compensation_failed":
             lines.append("  needs a person: fix by hand, then "
@@ -182,8 +184,9 @@ def _step_lines(record: StepRecord, rolling_back: bool) -> list[str]:
     lines = [line]
     if record.error is not None and record.status != "succeeded":
         lines.append(f"      last error: {record.error.type_name}: {record.error.message}")
-    if record.delays:
-        waits = ", ".join(f"{d:.3g}s" for d in record.delays)
+    waited = record.delays[:-1] if record.status == "retrying" else record.delays
+    if waited:
+        waits = ", ".join(f"{d:.3g}s" for d in waited)
         lines.append(f"      waited in the broker: {waits}")
     comp = record.compensation
     if comp is not None:

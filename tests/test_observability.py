@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from kompensa_workers import (
     Busy,
+    LeaseLost,
     MemoryStore,
     PermanentError,
     Retry,
@@ -136,3 +137,29 @@ def test_installed_hooks_see_every_delivery() -> None:
     ) == 1
     with pytest.raises(TypeError, match="Hooks instance"):
         install(object())  # type: ignore[arg-type]
+
+
+class LosingStore(MemoryStore):
+    """Refuses the second journal write, as if a newer delivery took the lease."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def commit(self, key: str, lease: Any, write: Any) -> bool:
+        self.writes += 1
+        if self.writes == 2:
+            raise LeaseLost(key, "another worker took the lease over")
+        return super().commit(key, lease, write)
+
+
+def test_a_lost_lease_ends_every_span_and_is_recorded(spans: Any) -> None:
+    hooks, exporter = spans
+    with pytest.raises(LeaseLost):
+        deliver(checkout, key="lost", store=LosingStore(), hooks=hooks)
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(finished) == {"saga " + f"{__name__}.checkout", "step reserve", "step charge"}
+    delivery = finished[f"saga {__name__}.checkout"]
+    assert "lease lost" in [e.name for e in delivery.events]
+    assert delivery.status.status_code.name == "ERROR"
+    assert hooks._open == {}  # nothing left open in a long-running worker

@@ -361,14 +361,27 @@ def test_purge_deletes_ended_executions_only(store: Any) -> None:
     assert claim(store, key="done").state == "granted"
 
 
-def test_reopen_turns_compensation_failed_back_to_compensating_and_due(store: Any) -> None:
+def test_reopen_applies_an_operators_write_to_compensation_failed_only(store: Any) -> None:
     granted = claim(store)
     store.commit("k", granted.lease, write(step("a"), status="compensation_failed",
                                            release=True))
     assert store.due() == []
-    assert store.reopen("k") is True
-    assert store.get("k").status == "compensating"
+    deliveries = store.get("k").deliveries
+    assert store.reopen("k", write(step("a", result=2), status="compensating")) is True
+    reopened = store.get("k")
+    assert reopened.status == "compensating" and reopened.step("a").result == 2
+    assert reopened.deliveries == deliveries  # the operator is not a delivery
     assert store.due() == ["k"]  # recovery sends it to a worker at once
-    assert store.reopen("k") is False  # only compensation_failed reopens
-    assert store.reopen("missing") is False
+    assert store.reopen("k", write(status="compensated")) is False  # not failed any more
+    assert store.reopen("missing", write(status="compensating")) is False
     assert claim(store).state == "granted"
+
+
+def test_reopen_to_a_final_status_ends_the_execution(store: Any) -> None:
+    granted = claim(store)
+    store.commit("k", granted.lease, write(step("a"), status="compensation_failed",
+                                           release=True))
+    assert store.reopen("k", write(step("a"), status="compensated")) is True
+    assert store.get("k").status == "compensated"
+    assert store.due() == []
+    assert claim(store).state == "terminal"

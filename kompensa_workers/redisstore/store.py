@@ -223,8 +223,16 @@ class RedisStore:
             raise ValueError(f"execution {key!r} has not ended; cancel it before purging it")
         return bool(deleted)
 
-    def reopen(self, key: str) -> bool:
-        return bool(self._script("reopen", key, [key]))
+    def reopen(self, key: str, write: JournalWrite) -> bool:
+        if write.status is None:
+            raise ValueError("reopen: the write must set a status")
+        pairs: list[str | bytes] = []
+        for field, value in (*write.steps.items(), ("error", write.failure)):
+            if value is not None:
+                pairs += [field, value]
+        return bool(self._script("reopen", key, [
+            key, write.status, repr(write.at), _ms(self.retention), *pairs,
+        ]))
 
     # -- plumbing ----------------------------------------------------------------
 
