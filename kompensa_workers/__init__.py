@@ -52,6 +52,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._async import AsyncSaga
     from .redisstore import RedisStore
     from .redisstore.redlock import Redlock
 
@@ -59,6 +60,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name == "AsyncSaga":  # loads asyncio only for async sagas
+        from ._async import AsyncSaga
+
+        return AsyncSaga
     if name == "RedisStore":
         from .redisstore import RedisStore
 
@@ -71,6 +76,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     # The saga API
+    "AsyncSaga",
     "Flow",
     "FlowContext",
     "Retry",

@@ -9,6 +9,7 @@ on once the attempt has returned, so attempts of one step never overlap.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import threading
 from collections.abc import Callable
 from contextvars import Context
@@ -54,7 +55,14 @@ def call_attempt(
     timeout: float | None,
     cancelled: threading.Event,
 ) -> Any:
-    """Run ``fn`` in ``context``; past ``timeout`` seconds raise StepTimeout."""
+    """Run ``fn`` in ``context``; past ``timeout`` seconds raise StepTimeout. An
+    ``async def`` ``fn`` is awaited (its timeout cancels it)."""
+    if inspect.iscoroutinefunction(fn):
+        try:
+            return context.run(_awaited, fn, args, kwargs, timeout)
+        except AttemptDeadline:
+            cancelled.set()
+            raise StepTimeout(step, timeout or 0.0) from None
     if timeout is None:
         return context.run(fn, *args, **kwargs)
     deadline = _Deadline(threading.get_ident(), cancelled)
@@ -69,3 +77,12 @@ def call_attempt(
             deadline.disarm()
     except AttemptDeadline:
         raise StepTimeout(step, timeout) from None
+
+
+def _awaited(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Any:
+    from ._async import await_result  # the async support loads only when used
+
+    return await_result(fn(*args, **kwargs), timeout)

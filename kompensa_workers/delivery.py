@@ -20,6 +20,7 @@ TTL, and the execution resumes once the code matches again (or, after
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ def _drive(
 
     cause: BaseException | None
     try:
-        result = fn(Saga(run), *args, **kwargs)
+        result = _call_saga(fn, run, args, kwargs)
     except Suspend as signal:
         return RetryLater(signal.delay, run.lease.token)
     except CancelRequested:
@@ -319,7 +320,7 @@ def _collect_compensations(
     compensations (they are closures of the saga function)."""
     run.rolling_back = True
     try:
-        fn(Saga(run), *args, **kwargs)
+        _call_saga(fn, run, args, kwargs)
     except (StopReplay, CancelRequested, Diverged, Exception):
         pass
     except Suspend:  # pragma: no cover - replay never runs anything
@@ -331,3 +332,14 @@ def _collect_compensations(
         raise
     finally:
         run.rolling_back = False
+
+
+def _call_saga(
+    fn: SagaFunction, run: ExecutionRun, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``fn(saga, *args, **kwargs)``; an ``async def`` saga runs on its own loop."""
+    if inspect.iscoroutinefunction(fn):
+        from ._async import run_saga_coroutine
+
+        return run_saga_coroutine(fn, run, args, kwargs)
+    return fn(Saga(run), *args, **kwargs)

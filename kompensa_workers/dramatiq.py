@@ -24,7 +24,6 @@ executions whose worker died and whose message never came back.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import threading
@@ -430,11 +429,6 @@ def saga_task(
     def decorator(saga_fn: SagaFunction) -> SagaActor:
         if not callable(saga_fn):
             raise TypeError(f"saga_task decorates a saga function or Flow, got {saga_fn!r}")
-        if inspect.iscoroutinefunction(saga_fn):
-            raise TypeError(
-                f"saga_task: {saga_fn!r} is an async def; saga functions are plain def "
-                "(their steps may do anything, including run a coroutine to the end)"
-            )
         target = broker or dramatiq.get_broker()
         _middleware(target)
         config = _Saga(saga_fn, key, store or default_store(target), retry, lock_ttl,

@@ -4,6 +4,7 @@ results, pipelines, time limits and recovery (real workers: integrations/)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -577,8 +578,18 @@ def test_the_default_journal_follows_the_broker_namespace() -> None:
     }
 
 
-def test_async_saga_functions_are_refused(broker: StubBroker) -> None:
-    async def checkout(saga: Saga) -> None: ...
+def test_an_async_saga_runs_as_an_actor(broker: StubBroker) -> None:
+    async def charge() -> str:
+        await asyncio.sleep(0.01)
+        return "paid"
 
-    with pytest.raises(TypeError, match="async def"):
-        saga_task(broker=broker, store=MemoryStore())(checkout)
+    @saga_task(broker=broker, store=MemoryStore(), store_results=True)
+    async def checkout(saga: Any) -> str:
+        return await saga.step("charge", charge)  # type: ignore[no-any-return]
+
+    worker = run_worker(broker)
+    try:
+        message = checkout.send()
+        assert checkout.get_saga_result(message, block=True, timeout=10_000) == "paid"
+    finally:
+        worker.stop()
