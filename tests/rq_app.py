@@ -38,6 +38,7 @@ def install(connection: Redis, lock_ttl: float = 1.0) -> Queue:
         "told": {"on_success": Callback(tell), "timeout": 30},
     }
     made["told"] = retry_then_succeed
+    made["async_flaky"] = async_flaky
     for name, fn in made.items():
         job = saga_task(queue, store=store, name=f"{__name__}.{name}", **extra.get(name, {}))(fn)
         globals()[name] = job
@@ -56,3 +57,17 @@ def retry_then_succeed(saga: Any, order_id: str) -> str:
 
 def nowhere(saga: Any) -> None:
     """A saga whose job is bound where no worker can import it."""
+
+
+async def async_flaky(saga: Any, order_id: str) -> str:
+    """An async saga whose async charge fails once and waits in the scheduler."""
+
+    async def charge() -> str:
+        sagas.mark("run")
+        if sagas.current_step().attempt == 1:
+            raise sagas.TransientError("card network timeout")
+        return f"ch-{order_id}"
+
+    await saga.step("reserve", sagas.effect, f"res-{order_id}", compensate=sagas.undo)
+    return await saga.step(  # type: ignore[no-any-return]
+        "charge", charge, retry=sagas.Retry(attempts=2, initial=0.3, jitter=False))

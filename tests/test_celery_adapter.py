@@ -186,3 +186,19 @@ def test_recovery_keeps_how_the_delivery_was_routed_and_chained() -> None:
     assert options["headers"] == {"tenant": "acme"}  # never the lease token
     assert options["chain"][0]["task"] == "shop.after"
     assert (options["time_limit"], options["soft_time_limit"]) == (30, 20)
+
+
+def test_an_async_saga_runs_as_a_task() -> None:
+    import asyncio
+
+    celery_app = app(task_always_eager=True)
+
+    async def charge() -> str:
+        await asyncio.sleep(0)
+        return "paid"
+
+    @saga_task(celery_app, store=MemoryStore())
+    async def checkout(saga: Any) -> str:
+        return await saga.step("charge", charge)  # type: ignore[no-any-return]
+
+    assert checkout.delay().get() == "paid"

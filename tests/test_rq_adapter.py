@@ -239,3 +239,11 @@ def test_a_direct_call_and_a_synchronous_queue_run_in_process(harness: RQStubHar
         del rq_app.sync_told  # type: ignore[attr-defined]
     assert job.return_value() == "paid o-8"
     assert store.get(job.id) is not None
+
+
+def test_an_async_saga_job_waits_in_the_scheduler_and_finishes(
+    harness: RQStubHarness, pool: None
+) -> None:
+    job = rq_app.jobs["kw.async_flaky"].delay("o-11")
+    assert harness.outcome(job.id, 15) == ("success", "ch-o-11")
+    assert conformance.runs(harness, job.id) == {"reserve": 1, "charge": 2}
