@@ -10,12 +10,16 @@ import pytest
 
 from kompensa_workers import (
     AsyncSaga,
+    CompensationFailed,
     Failed,
     Finished,
+    IdempotencyConflict,
     MemoryStore,
+    NonDeterminismError,
     PermanentError,
     Retry,
     RetryLater,
+    SagaCancelled,
     SagaFailed,
     SagaRunner,
     Step,
@@ -207,3 +211,68 @@ def test_a_sync_saga_may_await_nothing_but_call_async_steps() -> None:
         return s.step("charge", charge)  # type: ignore[no-any-return]
 
     assert SagaRunner().run(saga, idempotency_key="k") == "paid"
+
+
+def test_same_key_other_arguments_is_a_conflict_and_runs_nothing() -> None:
+    ledger = Ledger()
+
+    async def saga(s: AsyncSaga, order: str) -> str:
+        return await s.step("charge", lambda: ledger.add("run", order) or order)  # type: ignore[no-any-return]
+
+    runner = SagaRunner()
+    assert runner.run(saga, "1", idempotency_key="k") == "1"
+    with pytest.raises(IdempotencyConflict):
+        runner.run(saga, "2", idempotency_key="k")
+    assert ledger.kinds("run") == ["1"]
+
+
+def test_a_changed_saga_is_a_non_determinism_error_and_writes_nothing() -> None:
+    store = MemoryStore()
+    version = ["a"]
+
+    async def saga(s: AsyncSaga) -> None:
+        await s.step(version[0], lambda: 1)
+        await s.step("wait", lambda: (_ for _ in ()).throw(TransientError("later")),
+                     retry=Retry(attempts=2, initial=60, jitter=False))
+
+    first = deliver(saga, key="k", store=store)
+    assert isinstance(first, RetryLater)
+    version[0] = "renamed"
+    with pytest.raises(NonDeterminismError):
+        deliver(saga, key="k", store=store, lease_token=first.lease_token)
+    execution = store.get("k")
+    assert execution is not None and [s.name for s in execution.steps] == ["a", "wait"]
+
+
+def test_a_cancelled_async_saga_rolls_back_and_ends_cancelled() -> None:
+    store, ledger = MemoryStore(), Ledger()
+
+    async def undo(result: str) -> None:
+        ledger.add("undo", result)
+
+    async def saga(s: AsyncSaga) -> None:
+        await s.step("reserve", lambda: "res", compensate=undo)
+        await s.step("wait", lambda: (_ for _ in ()).throw(TransientError("later")),
+                     retry=Retry(attempts=2, initial=60, jitter=False))
+
+    first = deliver(saga, key="k", store=store)
+    assert isinstance(first, RetryLater)
+    assert store.cancel("k")
+    done = deliver(saga, key="k", store=store, lease_token=first.lease_token)
+    assert isinstance(done, Failed) and isinstance(done.error, SagaCancelled)
+    assert ledger.kinds("undo") == ["res"]
+
+
+def test_a_compensation_that_fails_for_good_ends_compensation_failed() -> None:
+    async def broken(_: str) -> None:
+        raise PermanentError("refund API gone")
+
+    async def saga(s: AsyncSaga) -> None:
+        await s.step("reserve", lambda: "res", compensate=broken,
+                     compensate_retry=Retry(attempts=1))
+        await s.step("charge", lambda: (_ for _ in ()).throw(PermanentError("declined")))
+
+    with pytest.raises(CompensationFailed) as failure:
+        SagaRunner().run(saga, idempotency_key="k")
+    [(step, error)] = failure.value.compensation_errors
+    assert step == "reserve" and "refund API gone" in str(error)
