@@ -38,7 +38,7 @@ def install(connection: Redis, lock_ttl: float = 1.0) -> Queue:
         "told": {"on_success": Callback(tell), "timeout": 30},
     }
     made["told"] = retry_then_succeed
-    made["async_flaky"] = async_flaky
+    made["async_flaky"] = flaky_async_saga
     for name, fn in made.items():
         job = saga_task(queue, store=store, name=f"{__name__}.{name}", **extra.get(name, {}))(fn)
         globals()[name] = job
@@ -59,7 +59,7 @@ def nowhere(saga: Any) -> None:
     """A saga whose job is bound where no worker can import it."""
 
 
-async def async_flaky(saga: Any, order_id: str) -> str:
+async def flaky_async_saga(saga: Any, order_id: str) -> str:
     """An async saga whose async charge fails once and waits in the scheduler."""
 
     async def charge() -> str:
