@@ -127,14 +127,22 @@ class Journal:
 
     def executions(self) -> Iterator[Execution]:
         keys: list[str] = self.call(lambda: list(self.store.keys()))
-        for key in keys:
-            try:
-                execution = self.call(partial(self.store.get, key))
-            except SerializationError as exc:  # one bad record does not hide the rest
-                click.echo(f"kompensa-workers: skipped {key!r}: {exc}", err=True)
-                continue
-            if execution is not None:
+        get_many = getattr(self.store, "get_many", None)
+        if get_many is not None:  # RedisStore: pipelined, not one round trip per key
+            found = self.call(lambda: get_many(keys))
+        else:
+            found = [self._get_or_error(key) for key in keys]
+        for key, execution in zip(keys, found, strict=True):
+            if isinstance(execution, SerializationError):  # one bad record hides no other
+                click.echo(f"kompensa-workers: skipped {key!r}: {execution}", err=True)
+            elif execution is not None:
                 yield execution
+
+    def _get_or_error(self, key: str) -> Execution | SerializationError | None:
+        try:
+            return self.call(partial(self.store.get, key))  # type: ignore[no-any-return]
+        except SerializationError as exc:
+            return exc
 
     def get(self, key: str) -> Execution:
         try:

@@ -165,3 +165,19 @@ def test_redlock_refuses_clients_that_could_hang_forever() -> None:
 
     with pytest.raises(ValueError, match="socket_timeout"):
         Redlock([redis.Redis(socket_timeout=None)])
+
+
+def test_get_many_reads_in_bulk_and_reports_a_corrupt_record_in_place() -> None:
+    import fakeredis
+
+    from kompensa_workers import RedisStore, SagaRunner, SerializationError
+
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, namespace="bulk")
+    runner = SagaRunner(store)
+    for n in range(3):
+        runner.run(lambda saga: saga.step("a", lambda: 1), idempotency_key=f"k{n}")
+    client.hset("bulk:{k1}:journal", "status", "exploded")
+    found = store.get_many(["k0", "k1", "k2", "nope"])
+    assert [getattr(e, "status", None) for e in found] == ["succeeded", None, "succeeded", None]
+    assert isinstance(found[1], SerializationError) and found[3] is None
