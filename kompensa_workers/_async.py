@@ -66,8 +66,6 @@ class AsyncSaga:
         self, name: str, steps: Sequence[Step], *, fail_fast: bool = True
     ) -> list[Any]:
         """As :meth:`Saga.parallel`; children may be ``async def``."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a group name must be a non-empty str, got {name!r}")
         return await asyncio.to_thread(run_parallel, self._run, name, steps, fail_fast)
 
     def __repr__(self) -> str:

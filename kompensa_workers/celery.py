@@ -41,8 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import _tracing
-from ._check import count, instance, number
-from ._check import store as check_store
+from ._adapter import check_options, recovery_thread, run_to_end
 from .codec import check_arguments
 from .delivery import (
     DEFAULT_MAX_DELIVERIES,
@@ -57,7 +56,6 @@ from .errors import KompensaError, LeaseLost, StoreUnavailable
 from .flow import Flow
 from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
-from .runner import SagaRunner
 from .store import Store
 
 __all__ = ["SagaTask", "enable_recovery", "recover", "saga_task"]
@@ -210,13 +208,12 @@ class SagaTask(Task):  # type: ignore[misc]
     def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``task_always_eager`` / a direct call: run to the end here, sleeping
         through retry delays like the in-process runner."""
-        key = self.key_of(self.request, args, kwargs)
-        runner = SagaRunner(
-            self.journal(), lock_wait=self.journal().lock_ttl, lock_ttl=self.saga_lock_ttl,
-            max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
+        return run_to_end(
+            type(self).saga, args, kwargs, key=self.key_of(self.request, args, kwargs),
+            name=self.name, store=self.journal(), retry=self.saga_retry,
+            lock_ttl=self.saga_lock_ttl, max_deliveries=self.saga_max_deliveries,
             hooks=self.saga_hooks,
         )
-        return runner.execute(type(self).saga, args, kwargs, key=key, name=self.name)
 
 
 def _without_token(headers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -247,14 +244,8 @@ def saga_task(
     if not isinstance(app, Celery):
         hint = " (write @saga_task(app), not @saga_task)" if callable(app) else ""
         raise TypeError(f"saga_task: app must be a Celery app, got {app!r}{hint}")
-    if key is not None and not callable(key):
-        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
-    instance("saga_task", "retry", retry, Retry)
-    instance("saga_task", "hooks", hooks, Hooks)
-    check_store("saga_task", store)
-    count("saga_task", "max_deliveries", max_deliveries)
-    if lock_ttl is not None:
-        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+    check_options(key=key, retry=retry, hooks=hooks, store=store,
+                  max_deliveries=max_deliveries, lock_ttl=lock_ttl)
 
     def decorator(fn: SagaFunction) -> SagaTask:
         if not callable(fn):
@@ -342,21 +333,15 @@ def enable_recovery(
     app: Celery, store: Store | None = None, *, interval: float = 5.0
 ) -> None:
     """Run :func:`recover` every ``interval`` seconds in the worker's main process."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                recover(app, store)
-            except Exception:
-                logger.exception("recovery pass failed; trying again in %ss", interval)
+    stops: list[threading.Event] = []
 
     def start(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is app:
-            threading.Thread(target=loop, name="kompensa-recovery", daemon=True).start()
+            stops.append(recovery_thread(lambda: recover(app, store), interval))
 
     def halt(sender: Any = None, **_: Any) -> None:
-        stop.set()
+        for stop in stops:
+            stop.set()
 
     worker_ready.connect(start, weak=False)
     worker_shutdown.connect(halt, weak=False)

@@ -28,7 +28,6 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -53,7 +52,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import _tracing
-from ._check import count, instance, number
+from ._adapter import SagaConfig, check_options, recovery_thread
+from ._check import number
 from ._check import store as check_store
 from .codec import check_arguments
 from .delivery import (
@@ -69,7 +69,6 @@ from .delivery import (
 from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
 from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
-from .runner import SagaRunner
 from .store import Store
 
 __all__ = ["SagaActor", "SagaMiddleware", "enable_recovery", "recover", "saga_task"]
@@ -117,21 +116,10 @@ class _QuietSkips(logging.Filter):
 logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QuietSkips())
 
 
-@dataclass(frozen=True)
-class _Saga:
-    fn: SagaFunction
-    key: Callable[..., str] | None
-    store: Store
-    retry: Retry | None
-    lock_ttl: float | None
-    max_deliveries: int
-    hooks: Hooks | None = None
-
-
 class SagaActor(Actor[..., Any]):
     """An actor whose every delivery runs a saga through the journal."""
 
-    def __init__(self, saga: _Saga, fn: SagaFunction, **actor: Any) -> None:
+    def __init__(self, saga: SagaConfig, fn: SagaFunction, **actor: Any) -> None:
         self.saga = saga
         super().__init__(fn, **actor)
 
@@ -152,7 +140,7 @@ class SagaActor(Actor[..., Any]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         delivery = _state.delivery
         if delivery is None or delivery.message.actor_name != self.actor_name:
-            return self._run_in_process(args, kwargs)
+            return self.saga.run_to_end(args, kwargs, name=self.actor_name)
         return self._deliver(delivery)
 
     def _deliver(self, delivery: _Delivery) -> Any:
@@ -262,18 +250,6 @@ class SagaActor(Actor[..., Any]):
             "options": _lasting_options(message.options),
         }
 
-    def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A direct call (``actor(...)``, no message): run to the end here, sleeping
-        through retry delays like the in-process runner."""
-        key = self.saga.key(*args, **kwargs) if self.saga.key else uuid.uuid4().hex
-        store = self.saga.store
-        runner = SagaRunner(
-            store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
-            max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
-            hooks=self.saga.hooks,
-        )
-        return runner.execute(self.saga.fn, args, kwargs, key=key, name=self.actor_name)
-
     def get_saga_result(
         self, message: Message[Any], *, block: bool = False, timeout: int | None = None,
     ) -> Any:
@@ -365,16 +341,7 @@ class SagaMiddleware(Middleware):
         if self.recovery is None:
             return
         store, interval = self.recovery
-        stop = self._stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(interval):
-                try:
-                    recover(broker, store)
-                except Exception:
-                    logger.exception("recovery pass failed; trying again in %ss", interval)
-
-        threading.Thread(target=loop, name="kompensa-recovery", daemon=True).start()
+        self._stop = recovery_thread(lambda: recover(broker, store), interval)
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self._stop.set()
@@ -415,14 +382,8 @@ def saga_task(
     when the broker is a RedisBroker. ``retry`` is the policy of steps that name
     none. Other options are the actor's (``time_limit``, ``store_results``, ...).
     """
-    if key is not None and not callable(key):
-        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
-    instance("saga_task", "retry", retry, Retry)
-    instance("saga_task", "hooks", hooks, Hooks)
-    check_store("saga_task", store)
-    count("saga_task", "max_deliveries", max_deliveries)
-    if lock_ttl is not None:
-        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+    check_options(key=key, retry=retry, hooks=hooks, store=store,
+                  max_deliveries=max_deliveries, lock_ttl=lock_ttl)
     if broker is not None and not isinstance(broker, Broker):
         raise TypeError(f"saga_task: broker must be a dramatiq Broker, got {broker!r}")
 
@@ -431,8 +392,8 @@ def saga_task(
             raise TypeError(f"saga_task decorates a saga function or Flow, got {saga_fn!r}")
         target = broker or dramatiq.get_broker()
         _middleware(target)
-        config = _Saga(saga_fn, key, store or default_store(target), retry, lock_ttl,
-                       max_deliveries, hooks)
+        config = SagaConfig(saga_fn, key, store or default_store(target), retry, lock_ttl,
+                            max_deliveries, hooks)
         options = dict(actor_options)
         if "throws" in target.actor_options:  # a failed saga is final: never retried
             options["throws"] = (*_exception_types(options.get("throws")), KompensaError)

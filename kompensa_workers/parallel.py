@@ -33,6 +33,8 @@ def run_parallel(
     A child that fails for good stops its siblings (``fail_fast``) or waits for
     them; the succeeded ones are compensated and its StepFailed is raised.
     """
+    if not isinstance(group, str) or not group:
+        raise ValueError(f"a group name must be a non-empty str, got {group!r}")
     refuse_nesting(group)
     children = _check_children(group, specs)
     try:

@@ -23,11 +23,8 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -42,8 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("kompensa_workers.rq needs RQ: pip install 'kompensa-workers[rq]'") from exc
 
 from . import _tracing
-from ._check import count, instance, number
-from ._check import store as check_store
+from ._adapter import SagaConfig, check_options, recovery_thread
 from .codec import check_arguments
 from .delivery import (
     DEFAULT_MAX_DELIVERIES,
@@ -57,7 +53,6 @@ from .delivery import (
 from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
 from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
-from .runner import SagaRunner
 from .store import Store
 
 __all__ = ["SagaJob", "SagaWorker", "recover", "saga_task", "scheduler_running"]
@@ -70,22 +65,13 @@ RESEND_OPTIONS = ("timeout", "result_ttl", "ttl", "failure_ttl", "description")
 SagaFunction = Callable[..., Any]
 
 
-@dataclass(frozen=True)
-class _Saga:
-    fn: SagaFunction
-    key: Callable[..., str] | None
-    store: Store
-    retry: Retry | None
-    lock_ttl: float | None
-    max_deliveries: int
-    hooks: Hooks | None = None
-
-
 class SagaJob:
     """A saga as an RQ job function: ``.delay(*args)`` / ``.enqueue(*args)`` return
     the :class:`rq.job.Job`; the worker imports this object by ``path`` and calls it."""
 
-    def __init__(self, saga: _Saga, queue: Queue, path: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, saga: SagaConfig, queue: Queue, path: str, options: dict[str, Any]
+    ) -> None:
         self.saga = saga
         self.queue = queue
         self.path = path
@@ -148,9 +134,9 @@ class SagaJob:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job = get_current_job()
         if job is None or job.func_name != self.path:
-            return self._run_in_process(args, kwargs)
+            return self.saga.run_to_end(args, kwargs, name=self.path)
         if not self.queue.is_async:  # Queue(is_async=False): no worker, no scheduler
-            return self._run_in_process(args, kwargs, key=self.key_of(job))
+            return self.saga.run_to_end(args, kwargs, name=self.path, key=self.key_of(job))
         return self._deliver(job, args, kwargs)
 
     def _deliver(self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -220,21 +206,6 @@ class SagaJob:
             "meta": {k: v for k, v in job.meta.items() if k != TOKEN_META},
         }
 
-    def _run_in_process(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None = None
-    ) -> Any:
-        """A direct call (or a synchronous queue): run to the end here, sleeping
-        through retry delays like the in-process runner."""
-        if key is None:
-            key = self.saga.key(*args, **kwargs) if self.saga.key else uuid.uuid4().hex
-        store = self.saga.store
-        runner = SagaRunner(
-            store, lock_wait=store.lock_ttl, lock_ttl=self.saga.lock_ttl,
-            max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
-            hooks=self.saga.hooks,
-        )
-        return runner.execute(self.saga.fn, args, kwargs, key=key, name=self.path)
-
     def get_saga_result(self, job: Job) -> Any:
         """The job's return value; for a failed saga its own SagaFailed /
         CompensationFailed / SagaCancelled (failed step, cause, compensation errors)
@@ -301,15 +272,9 @@ def saga_task(
     if not isinstance(queue, Queue):
         hint = " (write @saga_task(queue), not @saga_task)" if callable(queue) else ""
         raise TypeError(f"saga_task: queue must be an rq.Queue, got {queue!r}{hint}")
-    if key is not None and not callable(key):
-        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
-    instance("saga_task", "retry", retry, Retry,
-             " (the step policy: kompensa_workers.Retry, not rq.Retry)")
-    instance("saga_task", "hooks", hooks, Hooks)
-    check_store("saga_task", store)
-    count("saga_task", "max_deliveries", max_deliveries)
-    if lock_ttl is not None:
-        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+    check_options(key=key, retry=retry, hooks=hooks, store=store,
+                  max_deliveries=max_deliveries, lock_ttl=lock_ttl,
+                  retry_hint=" (the step policy: kompensa_workers.Retry, not rq.Retry)")
     job_options = _job_options(job_options)
     journal = store or default_store(queue)
 
@@ -317,7 +282,7 @@ def saga_task(
         if not callable(fn):
             raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
         path = name or f"{_module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
-        config = _Saga(fn, key, journal, retry, lock_ttl, max_deliveries, hooks)
+        config = SagaConfig(fn, key, journal, retry, lock_ttl, max_deliveries, hooks)
         return SagaJob(config, queue, path, dict(job_options))
 
     return decorator
@@ -449,17 +414,10 @@ class SagaWorker(Worker):
                 "this worker runs without --with-scheduler and no scheduler serves %s: "
                 "saga retries will wait until one does", ", ".join(self.queue_names()),
             )
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(self.recovery_interval):
-                try:
-                    recover(self.connection, self.recovery_store, serializer=self.serializer)
-                except Exception:
-                    logger.exception("recovery pass failed; trying again")
-
-        thread = threading.Thread(target=loop, name="kompensa-recovery", daemon=True)
-        thread.start()
+        stop = recovery_thread(
+            lambda: recover(self.connection, self.recovery_store, serializer=self.serializer),
+            self.recovery_interval,
+        )
         try:
             return bool(super().work(*args, **kwargs))
         finally:

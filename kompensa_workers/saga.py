@@ -57,8 +57,6 @@ class Saga:
         On a failure siblings are told to stop (``current_step().cancelled``), the
         ones that succeeded are compensated, and :class:`StepFailed` names the child.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a group name must be a non-empty str, got {name!r}")
         return run_parallel(self._run, name, steps, fail_fast)
 
     def __repr__(self) -> str:
