@@ -2,66 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import ROOT, WorkerProcess, pause
 
 
-class CeleryWorker:
+class CeleryWorker(WorkerProcess):
     def __init__(self, env: dict[str, str], concurrency: int, name: str) -> None:
-        self.log = Path(tempfile.mkstemp(prefix=f"kw-{name}-", suffix=".log")[1])
-        command = [
+        super().__init__([
             sys.executable, "-m", "celery", "-A", "integrations.apps.celery_app", "worker",
             "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=INFO",
             "-n", f"{name}@%h", "-Q", env["KW_QUEUE"],
             "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: kill() takes all of it
-            )
-        deadline = time.monotonic() + 60
-        while " ready." not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker did not start:\n{self.tail()}")
-            time.sleep(0.1)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def kill_main(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):  # children left behind
-            os.killpg(self.process.pid, signal.SIGKILL)
+        ], env, name, ready=" ready.", what="celery worker", stop_wait=15)
 
 
 class CeleryHarness:
@@ -102,9 +63,7 @@ class CeleryHarness:
         return str(self.app.send_task("kw.ordinary", args=[tag], queue=self.queue).id)
 
     def pause(self, pid: int, seconds: float) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(seconds)
-        os.kill(pid, signal.SIGCONT)
+        pause(pid, seconds)
 
     def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
         result = self.app.AsyncResult(message_id)

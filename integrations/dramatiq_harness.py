@@ -6,9 +6,7 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,52 +21,18 @@ from dramatiq.results.backends import RedisBackend
 
 from kompensa_workers import RedisStore
 
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import ROOT, WorkerProcess, pause
 
 
-class DramatiqWorker:
+class DramatiqWorker(WorkerProcess):
     """``dramatiq`` with one worker process of ``threads`` threads."""
 
     def __init__(self, env: dict[str, str], threads: int, name: str) -> None:
-        self.log = Path(tempfile.mkstemp(prefix=f"kw-{name}-", suffix=".log")[1])
-        command = [
+        super().__init__([
             sys.executable, "-m", "dramatiq", "integrations.apps.dramatiq_app",
             "--processes", "1", "--threads", str(threads), "--queues", env["KW_QUEUE"],
             "--worker-shutdown-timeout", "5000",
-        ]
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: kill() takes all of it
-            )
-        deadline = time.monotonic() + 60
-        while "ready for action" not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dramatiq did not start:\n{self.tail()}")
-            time.sleep(0.1)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def kill_main(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):  # worker processes left behind
-            os.killpg(self.process.pid, signal.SIGKILL)
+        ], env, name, ready="ready for action", what="dramatiq", stop_wait=20)
 
 
 class DramatiqHarness:
@@ -151,9 +115,7 @@ class DramatiqHarness:
         self.start_worker()
 
     def pause(self, pid: int, seconds: float) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(seconds)
-        os.kill(pid, signal.SIGCONT)
+        pause(pid, seconds)
 
     def close(self) -> None:
         for worker in self.workers:

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from kompensa_workers import RedisStore
 
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import ROOT, pause
 
 
 def session_members(session: int) -> list[int]:
@@ -166,9 +166,7 @@ class RQHarness:
         os.kill(pid, signal.SIGKILL)
 
     def pause(self, pid: int, seconds: float) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(seconds)
-        os.kill(pid, signal.SIGCONT)
+        pause(pid, seconds)
 
     def close(self) -> None:
         for worker in self.workers:

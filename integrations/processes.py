@@ -1,0 +1,61 @@
+"""A worker command run as a real process: in its own session, logging to a file,
+ready once its log says so; killed or stopped the ways the suites need."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    def __init__(self, command: list[str], env: dict[str, str], name: str, *, ready: str,
+                 what: str, stop_wait: float) -> None:
+        self.stop_wait = stop_wait
+        self.log = Path(tempfile.mkstemp(prefix=f"kw-{name}-", suffix=".log")[1])
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill() takes all of it
+            )
+        deadline = time.monotonic() + 60
+        while ready not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def kill_main(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(self.stop_wait)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):  # children left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def pause(pid: int, seconds: float) -> None:
+    """SIGSTOP ``pid`` for ``seconds``, then SIGCONT it."""
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(seconds)
+    os.kill(pid, signal.SIGCONT)
