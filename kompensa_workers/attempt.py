@@ -9,8 +9,12 @@ on once the attempt has returned, so attempts of one step never overlap.
 from __future__ import annotations
 
 import ctypes
+import heapq
 import inspect
+import itertools
+import os
 import threading
+import time
 from collections.abc import Callable
 from contextvars import Context
 from typing import Any
@@ -38,11 +42,72 @@ class _Deadline:
             self._cancelled.set()
             _set_async_exc(self._thread_id, ctypes.py_object(AttemptDeadline))
 
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
     def disarm(self) -> None:
         with self._mutex:
             self._armed = False
             if self._fired:  # clear it if it has not been raised yet
                 _set_async_exc(self._thread_id, ctypes.py_object())
+
+
+class _Watch:
+    """One daemon thread per process fires every armed deadline when it is due: a
+    thread per attempt cost more than a short step itself."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._armed = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, timeout: float, deadline: _Deadline) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kompensa-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._armed += 1
+            if len(self._heap) > 2 * self._armed + 64:  # drop disarmed entries
+                self._heap = [entry for entry in self._heap if entry[2].armed]
+                heapq.heapify(self._heap)
+            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._order), deadline))
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
+
+    def disarm(self, deadline: _Deadline) -> None:
+        deadline.disarm()
+        with self._cond:
+            self._armed -= 1
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = []
+                while self._heap and (self._heap[0][0] <= now or not self._heap[0][2].armed):
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    continue
+            for deadline in due:
+                deadline.fire()  # does nothing if it was disarmed meanwhile
+
+
+_watch = _Watch()
+
+
+def _after_fork() -> None:
+    """A forked child (a Celery pool process, an RQ work horse) has no watcher
+    thread, and perhaps a lock held by the parent's: it starts afresh."""
+    global _watch
+    _watch = _Watch()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def call_attempt(
@@ -66,15 +131,13 @@ def call_attempt(
     if timeout is None:
         return context.run(fn, *args, **kwargs)
     deadline = _Deadline(threading.get_ident(), cancelled)
-    timer = threading.Timer(timeout, deadline.fire)
-    timer.daemon = True
+    watch = _watch
     try:
+        watch.arm(timeout, deadline)
         try:
-            timer.start()
             return context.run(fn, *args, **kwargs)
         finally:
-            timer.cancel()
-            deadline.disarm()
+            watch.disarm(deadline)
     except AttemptDeadline:
         raise StepTimeout(step, timeout) from None
 

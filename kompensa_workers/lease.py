@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,13 @@ class LeaseKeeper:
         self._ids = itertools.count()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
+
+    def _after_fork(self) -> None:
+        """A forked child (a Celery pool process, an RQ work horse) holds none of its
+        parent's leases and has no keeper thread, perhaps a lock its parent held."""
+        self._held = {}
+        self._wakeup = threading.Condition()
+        self._thread = None
 
     def keep(
         self,
@@ -100,3 +108,4 @@ class LeaseKeeper:
 
 
 keeper = LeaseKeeper()
+os.register_at_fork(after_in_child=keeper._after_fork)

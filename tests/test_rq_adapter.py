@@ -4,12 +4,14 @@ integrations/test_rq.py)."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Iterator
 
 import pytest
 from rq import Queue
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.job import Retry as RQRetry
 from rq.serializers import JSONSerializer
@@ -17,7 +19,14 @@ from rq.serializers import JSONSerializer
 from integrations import conformance
 from kompensa_workers import KompensaError, MemoryStore, SagaFailed, SerializationError
 from kompensa_workers.codec import encode
-from kompensa_workers.rq import TOKEN_META, recover, saga_task, scheduler_running
+from kompensa_workers.rq import (
+    TOKEN_META,
+    SagaWorker,
+    recover,
+    recover_stranded,
+    saga_task,
+    scheduler_running,
+)
 
 from . import rq_app
 from .rq_stub import RQStubHarness
@@ -102,11 +111,12 @@ def test_a_wait_is_the_same_job_scheduled_and_callbacks_fire_once(
     harness.start_worker(concurrency=1)
     job = rq_app.jobs["kw.told"].delay("o-2")
     # while it waits, the job is scheduled with the lease token in its meta...
-    waiting = conformance.wait_for(
-        lambda: (j := Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer))
-        .get_status() == JobStatus.SCHEDULED and j, 10, "the retry to be scheduled",
+    # (RQ sets the status before it saves the job with the registry entry: wait for that)
+    conformance.wait_for(
+        lambda: job.id in harness.queue.scheduled_job_registry, 10, "the retry to be scheduled",
     )
-    assert waiting.meta[TOKEN_META]
+    waiting = Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer)
+    assert waiting.get_status() == JobStatus.SCHEDULED and waiting.meta[TOKEN_META]
     assert [e for e in harness.ledger() if e["kind"] == "on_success"] == []
     # ...and once it finishes, the callback fires once, with the saga's result.
     assert harness.outcome(job.id, 10) == ("success", "paid o-2")
@@ -163,6 +173,126 @@ def test_recover_brings_back_a_job_whose_horse_died(harness: RQStubHarness) -> N
     assert recover(harness.redis, store, serializer=JSONSerializer) == 1
     assert recover(harness.redis, store, serializer=JSONSerializer) == 0
     assert job.get_status(refresh=True) == JobStatus.QUEUED
+
+
+def start_execution(job: Job, age: float = 0.0) -> None:
+    """What a worker records when it takes a job (StartedJobRegistry), ``age``
+    seconds ago."""
+    with job.connection.pipeline() as pipe:
+        execution = Execution.create(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    execution.created_at -= datetime.timedelta(seconds=age)
+    execution.save(ttl=600)
+
+
+def test_a_job_stuck_started_before_its_saga_began_is_enqueued_again(
+    harness: RQStubHarness,
+) -> None:
+    # Given a saga job a worker took 30 s ago and died with before its horse's first
+    # journal write (no record: the lease cannot bring it back); the horse died
+    # before it could even mark the job started,
+    saga = rq_app.jobs["kw.checkout"]
+    job = saga.delay("o-7")
+    harness.redis.lmove(harness.queue.key, harness.queue.intermediate_queue_key)
+    start_execution(job, age=30)
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+    # then unclaimed recovery enqueues the same job id again, and only once,
+    assert recover_stranded(harness.queue, grace=10) == 1
+    assert recover_stranded(harness.queue, grace=10) == 0
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+    assert harness.queue.get_job_ids() == [job.id]
+    assert job.id not in harness.queue.started_job_registry
+    assert harness.queue.intermediate_queue.get_job_ids() == []
+    # and it runs to the end.
+    harness.start_worker(concurrency=1)
+    assert harness.outcome(job.id, 10) == ("success", ["res-o-7", "ch-o-7", "ship-o-7"])
+
+
+def test_a_job_a_dead_worker_took_but_never_started_is_enqueued_again(
+    harness: RQStubHarness,
+) -> None:
+    # Given a saga job a worker moved to RQ's intermediate queue and died with,
+    saga = rq_app.jobs["kw.checkout"]
+    job = saga.delay("o-11")
+    queue = harness.queue
+    harness.redis.lmove(queue.key, queue.intermediate_queue_key)
+    assert queue.get_job_ids() == [] and queue.intermediate_queue.get_job_ids() == [job.id]
+    # the first pass notes it; one past the grace enqueues it again,
+    assert recover_stranded(queue, grace=0.2) == 0
+    assert recover_stranded(queue, grace=0.2) == 0
+    time.sleep(0.3)
+    assert recover_stranded(queue, grace=0.2) == 1
+    assert queue.get_job_ids() == [job.id] and queue.intermediate_queue.get_job_ids() == []
+    # and it runs to the end.
+    harness.start_worker(concurrency=1)
+    assert harness.outcome(job.id, 10) == ("success", ["res-o-11", "ch-o-11", "ship-o-11"])
+
+
+def test_a_wait_overdue_with_no_scheduler_is_enqueued(harness: RQStubHarness) -> None:
+    # Given saga jobs whose waits ended 30 s and 1 s ago, and no scheduler moving them,
+    harness.stopped.set()
+    harness.scheduler.join(5)
+    saga = rq_app.jobs["kw.checkout"]
+    late, recent = saga.delay("o-12"), saga.delay("o-13")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for job, ago in ((late, 30), (recent, 1)):
+        harness.queue.remove(job)
+        harness.queue.scheduled_job_registry.schedule(job, now - datetime.timedelta(seconds=ago))
+    # recovery enqueues the one overdue beyond the grace, and leaves the other.
+    assert recover_stranded(harness.queue, grace=10) == 1
+    assert harness.queue.get_job_ids() == [late.id]
+    assert harness.queue.scheduled_job_registry.get_job_ids() == [recent.id]
+
+
+def test_a_waiting_saga_taken_by_a_worker_that_died_is_enqueued_again(
+    harness: RQStubHarness,
+) -> None:
+    # Given a saga that waits between deliveries (its journal has a record), whose
+    # job a worker took and died with before its horse began it,
+    saga = rq_app.jobs["kw.checkout"]
+    job = saga.delay("o-14")
+    saga.saga.store.claim(job.id, saga=saga.path, fingerprint="-", lease_token=None,
+                          lock_ttl=60, at=time.time())
+    harness.redis.lmove(harness.queue.key, harness.queue.intermediate_queue_key)
+    start_execution(job, age=30)
+    # then it is enqueued again: QUEUED is not "on its way" when no queue holds it.
+    assert recover_stranded(harness.queue, grace=10) == 1
+    assert harness.queue.get_job_ids() == [job.id]
+    assert job.id not in harness.queue.started_job_registry
+
+
+def test_a_job_started_recently_or_already_claimed_is_left_alone(
+    harness: RQStubHarness,
+) -> None:
+    saga = rq_app.jobs["kw.checkout"]
+    fresh, claimed = saga.delay("o-8"), saga.delay("o-9")
+    saga.saga.store.claim(claimed.id, saga=saga.path, fingerprint="-", lease_token=None,
+                          lock_ttl=60, at=time.time())
+    for job, age in ((fresh, 1), (claimed, 60)):
+        harness.queue.remove(job)
+        job.set_status(JobStatus.STARTED)
+        start_execution(job, age=age)
+    assert recover_stranded(harness.queue, grace=10) == 0
+
+
+def test_a_horse_killed_before_its_saga_began_does_not_fail_the_job(
+    harness: RQStubHarness,
+) -> None:
+    # Given a saga job whose work horse died before the saga's first journal write,
+    saga = rq_app.jobs["kw.checkout"]
+    job = saga.delay("o-10")
+    harness.queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    start_execution(job)
+    worker = SagaWorker([harness.queue], connection=harness.redis, serializer=JSONSerializer)
+    # when the worker handles the failure, the job is enqueued again, not failed;
+    worker.handle_job_failure(job, harness.queue, exc_string="Work-horse terminated")
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+    assert job.id not in harness.queue.failed_job_registry
+    # after max_deliveries such deaths it is RQ's failure, as it would be without us.
+    for _ in range(saga.saga.max_deliveries):
+        worker.handle_job_failure(job, harness.queue, exc_string="Work-horse terminated")
+    assert job.get_status(refresh=True) == JobStatus.FAILED
 
 
 def test_recover_remakes_a_job_whose_record_is_gone(harness: RQStubHarness) -> None:
