@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint unit integration clean
+BENCHES := cost memory throughput storm recovery
+
+.PHONY: demo test lint unit integration chaos bench $(addprefix bench-,$(BENCHES)) clean
 
 $(VENV)/.core: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -21,7 +23,7 @@ demo: $(VENV)/.core
 	$(BIN)/python -m kompensa_workers.demo $(ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check kompensa_workers tests integrations examples scripts
+	$(BIN)/ruff check kompensa_workers tests integrations examples scripts benchmarks
 	$(BIN)/mypy
 
 unit: $(VENV)/.dev
@@ -34,6 +36,19 @@ integration: $(VENV)/.dev
 test: lint
 	$(BIN)/python scripts/services.py
 	$(BIN)/python -m pytest tests integrations
+
+# The chaos suite's longer run; its figures go to benchmarks/RESULTS.md.
+chaos: $(VENV)/.dev
+	$(BIN)/python scripts/services.py
+	KW_CHAOS_SECONDS=$${KW_CHAOS_SECONDS:-120} KW_CHAOS_SAGAS=$${KW_CHAOS_SAGAS:-1000} \
+		KW_CHAOS_RESULTS=benchmarks/RESULTS.md $(BIN)/python -m pytest integrations/test_chaos.py
+
+# Each writes its section of benchmarks/RESULTS.md; ARGS=--quick for a smoke run.
+bench: $(addprefix bench-,$(BENCHES))
+
+$(addprefix bench-,$(BENCHES)): bench-%: $(VENV)/.dev
+	$(BIN)/python scripts/services.py
+	$(BIN)/python -m benchmarks.$* $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -74,6 +74,20 @@ class CeleryHarness:
             raise AssertionError(f"{message_id}: {exc}\n{logs}") from exc
         return ("success", value) if result.state == "SUCCESS" else ("failure", value)
 
+    def describe(self, message_id: str) -> str:
+        """Where the broker holds a task, and what each worker's log says of it."""
+        broker = redis.Redis.from_url(self.app.conf.broker_url) if (
+            self.app.conf.broker_url.startswith("redis")) else None
+        where = []
+        if broker is not None:
+            if any(message_id.encode() in m for m in broker.lrange(self.queue, 0, -1)):
+                where.append("queued")
+            if any(message_id.encode() in m for m in broker.hvals("unacked")):
+                where.append("unacked")
+        seen = [f"{w.log.name}: {line.strip()}" for w in self.workers
+                for line in w.log.read_text(errors="replace").splitlines() if message_id in line]
+        return f"{message_id}: broker {where or 'nowhere'}; logs {seen}"
+
     def ledger(self) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(f"{self.namespace}:ledger", 0, -1)]
 

@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -21,7 +20,7 @@ from dramatiq.results.backends import RedisBackend
 
 from kompensa_workers import RedisStore
 
-from .processes import ROOT, WorkerProcess, pause
+from .processes import ROOT, WorkerProcess, pause, proc_stat
 
 
 class DramatiqWorker(WorkerProcess):
@@ -39,6 +38,9 @@ class DramatiqHarness:
     """One broker, one journal namespace, one queue; workers on demand."""
 
     def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
+        if broker_url.startswith("amqp") and broker_url.endswith("//"):
+            # pika names the default vhost "/" as %2F (kombu writes a second "/")
+            broker_url = broker_url[:-1] + "%2F"
         self.lock_ttl = lock_ttl
         self.namespace = f"kwd-{uuid.uuid4().hex[:8]}"
         self.queue = f"kwq{uuid.uuid4().hex[:8]}"
@@ -107,7 +109,7 @@ class DramatiqHarness:
     def kill_child(self, pid: int) -> None:
         """kill -9 the worker process running a step. Dramatiq then stops the whole
         instance, so a replacement is started, as a supervisor would."""
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        parent = int(proc_stat(pid)[1])
         os.kill(pid, signal.SIGKILL)
         for worker in self.workers:
             if worker.process.pid == parent:

@@ -54,6 +54,28 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: [0] state, [1]
+    parent, [2] process group, [3] session, [11:15] CPU ticks. OSError once gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def session_members(session: int) -> list[int]:
+    """Every live process in ``session``: a worker and its children (RQ's work horse,
+    which RQ moves to a process group of its own, and its scheduler)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = proc_stat(entry.name)
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
 def pause(pid: int, seconds: float) -> None:
     """SIGSTOP ``pid`` for ``seconds``, then SIGCONT it."""
     os.kill(pid, signal.SIGSTOP)

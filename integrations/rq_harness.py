@@ -21,23 +21,7 @@ from rq.serializers import JSONSerializer
 
 from kompensa_workers import RedisStore
 
-from .processes import ROOT, pause
-
-
-def session_members(session: int) -> list[int]:
-    """Every live process in ``session``: a worker, its work horse (which RQ moves to
-    a process group of its own) and its scheduler."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+from .processes import ROOT, pause, proc_stat, session_members
 
 
 class RQWorker:
@@ -157,6 +141,30 @@ class RQHarness:
             time.sleep(0.1)
         logs = "\n".join(w.tail() for w in self.workers)
         raise AssertionError(f"{message_id}: no outcome in {timeout}s\n{logs}")
+
+    def describe(self, message_id: str) -> str:
+        """Where RQ holds a job: its status and the registries naming it."""
+        try:
+            job = Job.fetch(message_id, connection=self.connection, serializer=JSONSerializer)
+        except Exception as exc:
+            return f"{message_id}: {exc!r}"
+        registries = {
+            "queue": message_id in self.queue.get_job_ids(),
+            "started": message_id in self.queue.started_job_registry,
+            "failed": message_id in self.queue.failed_job_registry,
+            "scheduled": message_id in self.queue.scheduled_job_registry,
+            "finished": message_id in self.queue.finished_job_registry,
+        }
+        info = (job.exc_info or "").strip().splitlines()[-1:]
+        pid = self.queue.scheduler_pid
+        state = "no scheduler lock"
+        if pid is not None:
+            try:
+                state = proc_stat(pid)[0]
+            except OSError:
+                state = "gone"
+            state = f"scheduler pid {pid} ({state})"
+        return f"{message_id}: {job.get_status()} {registries} meta={job.meta} {info}; {state}"
 
     def ledger(self) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(f"{self.namespace}:ledger", 0, -1)]

@@ -20,9 +20,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[DramatiqHarness]:
             pytest.fail("RabbitMQ is not reachable; CI=true makes a missing service a failure")
         pytest.skip("RabbitMQ is not reachable")
     with redis_servers(1) as [server]:
-        # pika names the default vhost "/" as %2F (kombu writes it as a second "/").
-        amqp = RABBITMQ[:-1] + "%2F" if RABBITMQ.endswith("//") else RABBITMQ
-        broker = server.url if request.param == "redis" else amqp
+        broker = server.url if request.param == "redis" else RABBITMQ
         harness = DramatiqHarness(broker, server.url.replace("/0", "/1"))
         try:
             yield harness

@@ -2,7 +2,8 @@
 
 Configured from the environment the harness sets: KW_BROKER_URL, KW_REDIS_URL (result
 backend, journal and the effects ledger), KW_NAMESPACE, KW_QUEUE, KW_LOCK_TTL,
-KW_RECOVERY (seconds between recovery passes; unset: off).
+KW_RECOVERY (seconds between recovery passes; unset: off), KW_LEDGER_URL (the chaos
+suite's ledgers).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 
 from celery import Celery
 
-from integrations.apps import sagas
+from integrations.apps import bench, chaos, sagas
 from kompensa_workers.celery import enable_recovery, saga_task
 
 app = Celery("kw_conformance", broker=os.environ["KW_BROKER_URL"],
@@ -36,6 +37,14 @@ slow = saga_task(app, store=store, name="kw.slow")(sagas.slow)
 keyed = saga_task(app, store=store, name="kw.keyed", key=sagas.order_key)(sagas.keyed)
 limited = saga_task(app, store=store, name="kw.limited", time_limit=2)(sagas.overrun_once)
 tenant = saga_task(app, store=store, name="kw.tenant")(sagas.tenant)
+noop3 = saga_task(app, store=store, name="kw.noop3")(bench.noop3)
+storm = saga_task(app, store=store, name="kw.storm")(bench.storm)
+order = saga_task(app, store=store, name="kw.order")(chaos.order)
+bare3 = app.task(name="kw.bare3")(bench.bare3)
+storm_sleeping = app.task(name="kw.storm_sleeping")(bench.storm_sleeping)
+# The best Celery alone does for a killed worker: the message comes back.
+plain_slow = app.task(name="kw.plain_slow", acks_late=True,
+                      reject_on_worker_lost=True)(bench.plain_slow)
 
 
 @app.task(name="kw.ordinary")

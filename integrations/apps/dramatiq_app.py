@@ -3,7 +3,8 @@ worker processes.
 
 Configured from the environment the harness sets: KW_BROKER_URL (redis:// or
 amqp://), KW_REDIS_URL (results, journal and the effects ledger), KW_NAMESPACE,
-KW_QUEUE, KW_LOCK_TTL, KW_RECOVERY (seconds between recovery passes).
+KW_QUEUE, KW_LOCK_TTL, KW_RECOVERY (seconds between recovery passes), KW_LEDGER_URL
+(the chaos suite's ledgers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-from integrations.apps import sagas
+from integrations.apps import bench, chaos, sagas
 from kompensa_workers.dramatiq import enable_recovery, saga_task
 
 NAMESPACE = os.environ["KW_NAMESPACE"]
@@ -39,6 +40,14 @@ doomed = saga_task(actor_name="kw.doomed", **options)(sagas.doomed)
 slow = saga_task(actor_name="kw.slow", **options)(sagas.slow)
 keyed = saga_task(actor_name="kw.keyed", key=sagas.order_key, **options)(sagas.keyed)
 limited = saga_task(actor_name="kw.limited", time_limit=2000, **options)(sagas.overrun_once)
+noop3 = saga_task(actor_name="kw.noop3", **options)(bench.noop3)
+storm = saga_task(actor_name="kw.storm", **options)(bench.storm)
+order = saga_task(actor_name="kw.order", **options)(chaos.order)
+plain = {"queue_name": QUEUE, "store_results": True}
+bare3 = dramatiq.actor(actor_name="kw.bare3", **plain)(bench.bare3)
+storm_sleeping = dramatiq.actor(actor_name="kw.storm_sleeping", max_retries=0,
+                                **plain)(bench.storm_sleeping)
+plain_slow = dramatiq.actor(actor_name="kw.plain_slow", max_retries=0, **plain)(bench.plain_slow)
 
 
 @dramatiq.actor(actor_name="kw.ordinary", queue_name=QUEUE, store_results=True)

@@ -2,7 +2,8 @@
 processes (``-w integrations.apps.rq_app.Worker``, JSON serializer).
 
 Configured from the environment the harness sets: KW_BROKER_URL (the RQ Redis),
-KW_REDIS_URL (journal and the effects ledger), KW_NAMESPACE, KW_QUEUE, KW_LOCK_TTL.
+KW_REDIS_URL (journal and the effects ledger), KW_NAMESPACE, KW_QUEUE, KW_LOCK_TTL,
+KW_LEDGER_URL (the chaos suite's ledgers).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from integrations.apps import sagas
+from integrations.apps import bench, chaos, sagas
 from kompensa_workers.rq import SagaJob, SagaWorker, saga_task
 
 queue = Queue(os.environ["KW_QUEUE"], connection=Redis.from_url(os.environ["KW_BROKER_URL"]),
@@ -33,6 +34,13 @@ slow = saga_job("slow", sagas.slow)
 keyed = saga_job("keyed", sagas.keyed, key=sagas.order_key)
 # .delay() applies timeout=3; the suite sends by path and passes it itself.
 limited = saga_job("limited", sagas.overrun_once, timeout=3)
+noop3 = saga_job("noop3", bench.noop3)
+storm = saga_job("storm", bench.storm)
+order = saga_job("order", chaos.order)
+# Plain jobs, enqueued by path: integrations.apps.rq_app.<name>
+bare3 = bench.bare3
+storm_sleeping = bench.storm_sleeping
+plain_slow = bench.plain_slow
 
 
 def ordinary(tag: str) -> str:
