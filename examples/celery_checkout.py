@@ -1,12 +1,13 @@
 """A checkout saga as a Celery task.
 
-Run a worker (Redis at localhost:6379 as broker, result backend and journal):
+Run a worker (Redis at localhost:6379 as broker, result backend and journal; set
+KOMPENSA_REDIS_URL for another):
 
     celery -A examples.celery_checkout worker --concurrency=4 --loglevel=INFO
 
 and send orders from another shell:
 
-    python -m examples.celery_checkout 42
+    python -m examples.celery_checkout 42 declined-7
 
 The charge is retried through the broker (the worker slot is free meanwhile), a
 declined card is rolled back, a duplicate message runs nothing twice, and a worker
@@ -15,15 +16,17 @@ killed mid-saga is resumed by another within the lease TTL (enable_recovery).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from celery import Celery
 
-from kompensa_workers import PermanentError, Retry, Saga, current_step
+from kompensa_workers import PermanentError, Retry, Saga, SagaFailed, current_step
 from kompensa_workers.celery import enable_recovery, saga_task
 
-app = Celery("shop", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
+REDIS_URL = os.environ.get("KOMPENSA_REDIS_URL", "redis://localhost:6379/0")
+app = Celery("shop", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -54,7 +57,10 @@ def refund(charge: dict[str, Any]) -> None:
     print(f"refunded {charge['charge']}")
 
 
-@saga_task(app, retry=Retry(attempts=5, backoff="exponential", initial=1.0))
+# Named explicitly: run as `python -m`, this module is __main__ to the sender and
+# Celery would name the task after that, not what the worker registered.
+@saga_task(app, name="shop.checkout",
+           retry=Retry(attempts=5, backoff="exponential", initial=1.0))
 def checkout(saga: Saga, order_id: str) -> dict[str, Any]:
     stock = saga.step("reserve", reserve_stock, order_id, compensate=release_stock)
     payment = saga.step("charge", charge_card, order_id, stock["total"], compensate=refund)
@@ -65,4 +71,7 @@ def checkout(saga: Saga, order_id: str) -> dict[str, Any]:
 if __name__ == "__main__":
     for order_id in sys.argv[1:] or ["42"]:
         result = checkout.delay(order_id)
-        print(order_id, "->", result.get(timeout=60, propagate=False), result.state)
+        try:
+            print(order_id, "->", result.get(timeout=60))
+        except SagaFailed as error:  # its own class and attributes, through JSON
+            print(order_id, "-> failed at", error.failed_step, "and rolled back:", error.cause)

@@ -12,6 +12,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from kompensa_workers import RedisStore
+
 from .processes import ROOT, WorkerProcess, pause
 
 
@@ -44,6 +46,7 @@ class CeleryHarness:
                              accept_content=["json"],
                              task_default_queue=f"{self.queue}-unrouted")
         self.redis = redis.Redis.from_url(redis_url)
+        self.store = RedisStore.from_url(redis_url, namespace=self.namespace)
         self.workers: list[CeleryWorker] = []
 
     def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> CeleryWorker:

@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from typing import Any, Protocol
 
-from kompensa_workers import SagaFailed
+from kompensa_workers import SagaFailed, Store
 
 
 class Worker(Protocol):
@@ -28,6 +28,7 @@ class Worker(Protocol):
 
 class Harness(Protocol):
     lock_ttl: float
+    store: Store  # the journal the saga tasks write
 
     def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> Worker:
         """A real worker process, ready to consume."""
@@ -114,6 +115,12 @@ def retry_waits_in_the_broker_with_the_slot_free(harness: Harness) -> None:
     assert [e["attempt"] for e in charges] == [1, 2]
     assert first[0]["at"] < ordinary["at"] < charges[1]["at"]
     assert charges[1]["at"] - charges[0]["at"] >= 3.9
+    # The delayed delivery carried the lease token and took the lease over at once
+    # (without it, it would have waited for the lease to expire).
+    execution = harness.store.get(saga_id)
+    assert execution is not None
+    grants = [g.how for g in execution.grants]
+    assert grants[0] == "new" and "handover" in grants and "expired" not in grants, grants
 
 
 def permanent_failure_is_compensated(harness: Harness) -> None:

@@ -71,6 +71,30 @@ def test_examples_run() -> None:
     assert "charge was attempted 3 times, succeeded once" in consumer
 
 
+def test_celery_example_runs_with_a_real_worker() -> None:
+    # The example's own client: checkout.delay() through a real `celery worker`.
+    with redis_servers(1) as [server]:
+        env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "examples.celery_checkout", "worker",
+             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle",
+             "--without-gossip", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            sent = subprocess.run(
+                [sys.executable, "-m", "examples.celery_checkout", "42", "declined-7"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+            )
+        finally:
+            worker.terminate()
+            logs, _ = worker.communicate(timeout=30)
+    assert sent.returncode == 0, sent.stderr + logs
+    assert "42 -> {'charge': 'ch-42', 'parcel': 'parcel-42'}" in sent.stdout
+    assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
+    assert "released res-declined-7" in logs
+
+
 def test_dramatiq_example_runs_with_a_real_worker() -> None:
     with redis_servers(1) as [server]:
         env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}

@@ -64,6 +64,7 @@ class RQStubHarness:
         self.redis = fakeredis.FakeRedis()
         sagas._ledger = self.redis
         self.queue = rq_app.install(self.redis, lock_ttl)
+        self.store = rq_app.jobs["kw.flaky"].saga.store
         self.workers: list[StubWorker] = []
         # Stand in for `rq worker --with-scheduler`, and say so where RQ looks.
         self.redis.set(f"rq:scheduler-lock:{self.queue.name}", "stub")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kompensa_workers.records import Execution
 from kompensa_workers.store import Claim, JournalWrite, Lease, Store
+
+T = TypeVar("T")
 
 
 class Ledger:
@@ -32,7 +35,8 @@ class Crash(BaseException):
 
 
 class CrashingStore:
-    """Delegates to ``store`` until its ``crash_at``-th commit, then dies.
+    """Delegates to ``store`` until its ``crash_at``-th write, then dies. Writes are
+    the claims (a claim takes the lease and counts a delivery) and the commits.
 
     ``landed=False``: the write is lost with the worker. ``landed=True``: the write
     reaches the store, and the worker dies before it learns so. After dying every
@@ -43,7 +47,7 @@ class CrashingStore:
         self.store = store
         self.crash_at = crash_at
         self.landed = landed
-        self.commits = 0
+        self.writes = 0
         self.dead = False
         self.lock_ttl = store.lock_ttl
         self.max_value_bytes = store.max_value_bytes
@@ -54,19 +58,21 @@ class CrashingStore:
             raise Crash()
 
     def claim(self, key: str, **kwargs: Any) -> Claim:
-        self._alive()
-        return self.store.claim(key, **kwargs)
+        return self._write(lambda: self.store.claim(key, **kwargs))
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
+        return self._write(lambda: self.store.commit(key, lease, write))
+
+    def _write(self, call: Callable[[], T]) -> T:
         with self.mutex:
             self._alive()
-            self.commits += 1
-            if self.commits == self.crash_at:
+            self.writes += 1
+            if self.writes == self.crash_at:
                 self.dead = True
                 if self.landed:
-                    self.store.commit(key, lease, write)
+                    call()
                 raise Crash()
-            return self.store.commit(key, lease, write)
+            return call()
 
     def release(self, key: str, lease: Lease) -> None:
         self._alive()

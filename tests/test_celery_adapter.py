@@ -158,7 +158,7 @@ def test_the_example_app_imports_without_a_broker() -> None:
     import importlib
 
     example = importlib.import_module("examples.celery_checkout")
-    assert example.checkout.name == "examples.celery_checkout.checkout"
+    assert example.checkout.name == "shop.checkout"
     assert example.checkout.acks_late
 
 

@@ -57,7 +57,7 @@ class Recorder(CrashingStore):
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
         with self.mutex:
-            fatal = not self.dead and self.commits + 1 == self.crash_at
+            fatal = not self.dead and self.writes + 1 == self.crash_at
             try:
                 return super().commit(key, lease, write)
             finally:
@@ -226,7 +226,7 @@ SCENARIOS = {
 
 def count_writes(specs: list[StepSpec]) -> int:
     _, _, crashing = run_with_crash(specs, None, False)
-    return crashing.commits
+    return crashing.writes
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -195,6 +195,18 @@ def test_oversized_results_fail_the_step_with_a_clear_error(store: Any) -> None:
     assert "max_value_bytes" in str(cause)
 
 
+def test_the_default_cap_is_one_mebibyte(store: Any) -> None:
+    # Given a store with its default cap, a result just under 1 MiB is journaled...
+    assert store.max_value_bytes == 1 << 20
+    runner = SagaRunner(store)
+    assert len(runner.run(lambda s: s.step("fits", lambda: b"x" * 1_000_000))) == 1_000_000
+    # ...and one just over it fails the step, naming the cap.
+    with pytest.raises(SagaFailed) as failed:
+        runner.run(lambda s: s.step("big", lambda: b"x" * (1 << 20)))
+    assert isinstance(failed.value.cause, SerializationError)
+    assert "max_value_bytes" in str(failed.value.cause)
+
+
 def test_a_step_longer_than_the_lease_keeps_it_through_the_heartbeat(store: Any) -> None:
     import threading
 
