@@ -123,6 +123,21 @@ def retry_waits_in_the_broker_with_the_slot_free(harness: Harness) -> None:
     assert grants[0] == "new" and "handover" in grants and "expired" not in grants, grants
 
 
+def async_saga_retries_through_the_broker(harness: Harness) -> None:
+    # An `async def` saga with async steps, in a real worker: its charge fails once
+    # and waits 1 s in the broker; the retry takes the lease over and finishes.
+    o = order()
+    saga_id = harness.send("kw.async_flaky", o, 1, 1.0)
+    assert harness.outcome(saga_id, 30) == ("success", f"paid {o}")
+    charges = [e for e in entries(harness, "run", saga_id) if e["step"] == "charge"]
+    assert [e["attempt"] for e in charges] == [1, 2]
+    assert charges[1]["at"] - charges[0]["at"] >= 0.9
+    assert runs(harness, saga_id) == {"reserve": 1, "charge": 2}
+    execution = harness.store.get(saga_id)
+    assert execution is not None and execution.status == "succeeded"
+    assert "handover" in [g.how for g in execution.grants]
+
+
 def permanent_failure_is_compensated(harness: Harness) -> None:
     o = order()
     message_id = harness.send("kw.doomed", o)

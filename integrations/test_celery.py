@@ -72,6 +72,14 @@ def test_business_key_answers_from_the_journal(harness: CeleryHarness, pool: Non
     conformance.business_key_answers_from_the_journal(harness)
 
 
+def test_an_async_saga_retries_through_the_broker(harness: CeleryHarness) -> None:
+    worker = harness.start_worker(concurrency=2)
+    try:
+        conformance.async_saga_retries_through_the_broker(harness)
+    finally:
+        worker.stop()
+
+
 def test_retry_waits_in_the_broker_with_the_slot_free(harness: CeleryHarness) -> None:
     worker = harness.start_worker(concurrency=1)
     try:

@@ -65,6 +65,14 @@ def test_paused_worker_past_its_lease_still_finishes(
     conformance.paused_worker_past_its_lease_still_finishes(harness)
 
 
+def test_an_async_saga_retries_through_the_broker(harness: DramatiqHarness) -> None:
+    worker = harness.start_worker(concurrency=2)
+    try:
+        conformance.async_saga_retries_through_the_broker(harness)
+    finally:
+        worker.stop()
+
+
 def test_retry_waits_in_the_broker_with_the_thread_free(harness: DramatiqHarness) -> None:
     worker = harness.start_worker(concurrency=1)
     try:

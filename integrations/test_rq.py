@@ -72,6 +72,14 @@ def test_paused_horse_past_its_lease_still_finishes(harness: RQHarness, pool: No
     conformance.paused_worker_past_its_lease_still_finishes(harness)
 
 
+def test_an_async_saga_retries_through_the_broker(harness: RQHarness) -> None:
+    worker = harness.start_worker(concurrency=2)
+    try:
+        conformance.async_saga_retries_through_the_broker(harness)
+    finally:
+        worker.stop()
+
+
 def test_retry_waits_in_the_scheduler_with_the_worker_free(harness: RQHarness) -> None:
     worker = harness.start_worker(concurrency=1)
     try:

@@ -1,7 +1,7 @@
 """``kompensa-workers`` / ``python -m kompensa_workers``: command-line entry point.
 
-The full CLI (``list``, ``show``, ``cancel``, ``recover``, ``purge``) needs the
-``cli`` extra; ``demo`` runs without it.
+The full CLI (``list``, ``show``, ``cancel``, ``retry-compensation``, ``recover``,
+``purge``) needs the ``cli`` extra (click, rich); ``demo`` runs without it.
 """
 
 from __future__ import annotations

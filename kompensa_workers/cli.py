@@ -1,8 +1,9 @@
 """``kompensa-workers``: look at executions, cancel them, recover, purge.
 
 Every command reads the journal named by ``--redis-url`` (or ``KOMPENSA_REDIS_URL``)
-and ``--namespace`` (or ``KOMPENSA_NAMESPACE``), and prints for a person or, with
-``--json``, for a program. Errors are one line on stderr; exit codes:
+and ``--namespace`` (or ``KOMPENSA_NAMESPACE``), and prints for a person (with
+colours on a terminal, plain text otherwise) or, with ``--json``, for a program.
+Errors are one line on stderr; exit codes:
 
     0  done
     1  unexpected error
@@ -17,22 +18,31 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from functools import partial
+from types import FrameType
 from typing import Any, TypeVar
 
 try:
     import click
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
-        "the kompensa-workers CLI needs click: pip install 'kompensa-workers[cli]'"
+        f"the kompensa-workers CLI needs click and rich ({exc.name} is missing): "
+        "pip install 'kompensa-workers[cli]'"
     ) from exc
 
 from .errors import KompensaError, SerializationError, StoreUnavailable
+from .hooks import Hooks, SagaEvent, install, uninstall
 from .records import (
     STATUSES,
     CompensationRecord,
@@ -41,7 +51,7 @@ from .records import (
     SagaFailure,
 )
 from .store import JournalWrite
-from .timeline import age, describe, render, summary
+from .timeline import age, describe, styled, summary
 
 __all__ = ["main"]
 
@@ -49,8 +59,26 @@ EXIT_ERROR, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 3, 4, 5
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 T = TypeVar("T")
 COLOURS = {"succeeded": "green", "compensated": "yellow", "cancelled": "yellow",
-           "compensation_failed": "red", "compensating": "magenta", "waiting": "cyan"}
-ALARMS = {"compensation_failed"}
+           "compensation_failed": "bold red", "compensating": "magenta", "waiting": "cyan"}
+# What each kind of timeline line (timeline.styled) looks like on a terminal.
+STYLES = {"heading": "bold", "ok": "green", "failed": "red", "alarm": "bold red",
+          "waiting": "yellow", "note": "dim"}
+# Output that is not a terminal is never wrapped: a log or a pipe gets whole lines.
+UNWRAPPED = 10_000
+
+
+def console() -> Console:
+    """Where human output goes: colours only on a terminal (and never with NO_COLOR),
+    no markup or highlighting read into keys and errors (they may hold ``[``)."""
+    out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(highlight=False, markup=False, emoji=False, width=UNWRAPPED,
+                      soft_wrap=True)
+    return out
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=COLOURS.get(status, ""))
 
 
 class Failure(click.ClickException):
@@ -225,22 +253,39 @@ def list_executions(
     if not chosen:
         click.echo(f"no executions match in {journal.where()}")
         return
-    rows = [("KEY", "SAGA", "STATUS", "STEPS", "DELIVERIES", "CHANGED")] + [
-        (e.key, e.saga, e.status, summary(e)["steps"], str(e.deliveries),
-         f"{age(now - e.updated_at)} ago")
-        for e in chosen[:limit]
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    paint = sys.stdout.isatty()
-    for n, row in enumerate(rows):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        if paint and n:
-            cells[2] = click.style(cells[2], fg=COLOURS.get(row[2]), bold=row[2] in ALARMS)
-        click.echo("  ".join(cells).rstrip())
+    out = console()
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for header in ("KEY", "SAGA", "STATUS", "STEPS", "DELIVERIES", "CHANGED"):
+        if header in ("KEY", "SAGA"):  # on a narrow terminal these fold, never truncate
+            table.add_column(header, overflow="fold", ratio=1)
+        else:
+            table.add_column(header, no_wrap=True, justify="right" if header in (
+                "STEPS", "DELIVERIES") else "left")
+    for e in chosen[:limit]:
+        table.add_row(e.key, e.saga, _status(e.status), summary(e)["steps"],
+                      str(e.deliveries), f"{age(now - e.updated_at)} ago")
+    _print(out, table)
     shown = f"{min(limit, len(chosen))} of {len(chosen)}" if len(chosen) > limit else str(
         len(chosen))
-    per_status = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    click.echo(f"\n{shown} executions: {per_status}")
+    per_status = Text(", ").join(
+        Text.assemble(f"{n} ", _status(status)) for status, n in sorted(counts.items())
+    )
+    plural = "" if len(chosen) == 1 else "s"
+    _print(out, Text(""), Text.assemble(f"{shown} execution{plural}: ", per_status))
+
+
+def _print(out: Console, *renderables: Any) -> None:
+    """Print for a person; off a terminal, without the padding rich leaves at the
+    ends of table rows (a log or a test reads the lines as they are meant)."""
+    if out.is_terminal:
+        for renderable in renderables:
+            out.print(renderable)
+        return
+    with out.capture() as captured:
+        for renderable in renderables:
+            out.print(renderable)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
 
 
 @main.command()
@@ -254,8 +299,12 @@ def show(journal: Journal, key: str, as_json: bool) -> None:
     if as_json:
         emit(describe(execution))
         return
-    for line in render(execution):
-        click.echo(line)
+    out = console()
+    _print(out, *(
+        Text(text, style=COLOURS.get(tag[7:], "bold") if tag.startswith("status:")
+             else STYLES.get(tag, ""))
+        for text, tag in styled(execution)
+    ))
 
 
 @main.command()
@@ -372,34 +421,99 @@ def purge(journal: Journal, older_than: float, include_compensation_failed: bool
 @click.option("--app", "target", required=True, metavar="MODULE:ATTR",
               help="where to send executions again: a Celery app, a Dramatiq broker, "
                    "or an RQ Queue or Redis connection")
-@click.option("--loop", is_flag=True, help="keep recovering every --interval")
+@click.option("--loop", is_flag=True,
+              help="keep recovering every --interval until SIGTERM or Ctrl-C; print "
+                   "only the passes that sent something (with --json: one line each)")
 @click.option("--interval", type=Duration(), default=5.0, show_default=True)
 @json_option
 @click.pass_obj
 def recover(journal: Journal, target: str, loop: bool, interval: float, as_json: bool) -> None:
     """Send again the executions whose worker died holding them (their lease
     expired and their message never came back), with their own task/message/job id."""
+    if loop and interval <= 0:
+        raise Failure(f"--interval {interval:g}: a loop needs a pause above 0s", 2)
     run = _recoverer(_load(target), journal)
-    while True:
-        try:
-            sent = journal.call(run)
-        except Failure:
-            if not loop:
-                raise
-            click.echo(f"kompensa-workers: recovery pass failed; again in {age(interval)}",
-                       err=True)
-        except Exception as exc:  # the broker refused the re-send
-            if not loop:
-                raise Failure(f"recovery failed: {type(exc).__name__}: {exc}") from None
-            click.echo(f"kompensa-workers: recovery pass failed: {exc}", err=True)
-        else:
-            if as_json:
-                emit({"recovered": sent})
+    stop = threading.Event()
+    restore = _stop_on_signals(stop) if loop else {}
+    try:
+        if loop and not as_json:
+            click.echo(f"recovering {journal.where()} through {target} every "
+                       f"{_every(interval)} (SIGTERM or Ctrl-C stops)")
+        while True:
+            recovered = _Recovered()
+            install(recovered)
+            try:
+                sent = journal.call(run)
+            except Failure as exc:
+                if not loop:
+                    raise
+                click.echo(f"kompensa-workers: recovery pass failed ({exc.format_message()}); "
+                           f"again in {_every(interval)}", err=True)
+            except Exception as exc:  # the broker refused the re-send
+                if not loop:
+                    raise Failure(f"recovery failed: {type(exc).__name__}: {exc}") from None
+                click.echo(f"kompensa-workers: recovery pass failed: {exc}", err=True)
             else:
-                click.echo(f"recovered {sent} executions")
-        if not loop:
-            return
-        time.sleep(interval)
+                if not loop or sent:
+                    _report_recovered(sent, recovered.events, as_json=as_json, loop=loop)
+            finally:
+                uninstall(recovered)
+            if not loop:
+                return
+            if stop.wait(interval):
+                if not as_json:
+                    click.echo("recovery stopped")
+                return
+    finally:
+        for signum, handler in restore.items():
+            signal.signal(signum, handler)
+
+
+def _every(seconds: float) -> str:
+    return age(seconds) if seconds >= 1 else f"{seconds:g}s"
+
+
+class _Recovered(Hooks):
+    """Which executions a recovery pass sent again (recover() reports them to
+    every installed hook)."""
+
+    def __init__(self) -> None:
+        self.events: list[SagaEvent] = []
+
+    def on_recovered(self, event: SagaEvent) -> None:
+        self.events.append(event)
+
+
+def _report_recovered(sent: int, events: list[SagaEvent], *, as_json: bool, loop: bool) -> None:
+    executions = [{"key": e.key, "saga": e.saga, "status": e.status} for e in events]
+    if as_json:
+        data = {"recovered": sent, "executions": executions}
+        if loop:  # one object per line, for a program reading as it goes
+            data = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **data}
+            click.echo(json.dumps(_finite(data), default=repr, allow_nan=False))
+        else:
+            emit(data)
+        return
+    when = f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} " if loop else ""
+    plural = "" if sent == 1 else "s"
+    click.echo(f"{when}recovered {sent} execution{plural}" + ("" if not events else ": " + (
+        ", ".join(f"{e.key!r} ({e.saga}, {e.status})" for e in events))))
+
+
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGTERM and SIGINT end the loop once the pass under way is done; a second one
+    interrupts at once. Returns the handlers to put back."""
+    previous: dict[int, Any] = {}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        for number, handler in previous.items():  # a second signal is not so patient
+            signal.signal(number, handler)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handle)
+    return previous
 
 
 def _load(target: str) -> Any:
@@ -443,12 +557,19 @@ def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--redis-url", "demo_url", metavar="URL",
+              help="journal in this Redis instead of in-process (env KOMPENSA_REDIS_URL)")
+@json_option
 @click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Checkout sagas with injected faults, in-process (see `demo --help`)."""
+def demo(ctx: click.Context, demo_url: str | None, as_json: bool) -> None:
+    """Checkout sagas with injected faults: a flaky charge retried, a declined card
+    rolled back, a worker killed mid-saga, a duplicate delivery. With --json, each
+    order's final status, result or error and events, and every side effect."""
     from .demo import main as run_demo
 
-    ctx.exit(run_demo(list(ctx.args)))
+    args = [*ctx.args, *(["--redis-url", demo_url] if demo_url else []),
+            *(["--json"] if as_json else [])]
+    ctx.exit(run_demo(args))
 
 
 def run(argv: list[str] | None = None) -> int:

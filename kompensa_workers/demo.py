@@ -6,17 +6,19 @@ one promise: a flaky charge retried (the wait is where a broker would hold the
 message), a declined card rolled back in reverse order, a worker killed mid-saga
 and resumed by another without repeating finished steps, and a repeated
 idempotency key answered from the journal.
+
+With ``--json`` it prints instead one JSON document: each order's final status in
+the journal, its result or error and its events, and every side effect.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from . import (
@@ -40,13 +42,27 @@ class Timeline(Hooks):
     """Collects what happened, with times relative to the first event."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.events: list[tuple[float | None, str]] = []
         self._start: float | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"  +{at:6.3f}s  {text}" if at is not None else f"  {text}"
+                for at, text in self.events]
+
+    def note(self, text: str) -> None:
+        """A line of commentary, not an event."""
+        self.events.append((None, text))
 
     def _add(self, text: str) -> None:
         now = time.monotonic()
         self._start = self._start if self._start is not None else now
-        self.lines.append(f"  +{now - self._start:6.3f}s  {text}")
+        self.events.append((now - self._start, text))
+
+    def as_data(self) -> list[dict[str, Any]]:
+        """The events for ``--json``: seconds since the first, and what happened."""
+        return [{"at": None if at is None else round(at, 3), "what": " ".join(text.split())}
+                for at, text in self.events]
 
     def on_saga_start(self, event: SagaEvent) -> None:
         note = " (resuming from the journal)" if event.resumed else ""
@@ -147,10 +163,47 @@ class _KillOnWrite:
         raise _WorkerKilled()  # a killed process frees nothing: the lease runs out
 
 
-@contextmanager
-def _section(title: str) -> Iterator[None]:
-    print(f"\n── {title} " + "─" * max(0, 70 - len(title)))
-    yield
+class _Report:
+    """Prints each scenario as it ends, or gathers them all for ``--json``."""
+
+    def __init__(self, store: Store, where: str, as_json: bool) -> None:
+        self.store, self.as_json = store, as_json
+        self.data: dict[str, Any] = {"journal": where, "orders": [], "effects": []}
+        self.say(f"Journal: {where}")
+
+    def say(self, text: str) -> None:
+        if not self.as_json:
+            print(text)
+
+    def order(self, title: str, key: str, timeline: Timeline, outcome: object,
+              *notes: str) -> None:
+        self.say(f"\n── {title} " + "─" * max(0, 70 - len(title)))
+        self.say("\n".join(timeline.lines))
+        failed = isinstance(outcome, SagaError)
+        self.say(f"  result: {f'{type(outcome).__name__}: {outcome}' if failed else outcome}")
+        for note in notes:
+            self.say(f"  {note}")
+        execution = self.store.get(key)
+        error = outcome if failed else None
+        self.data["orders"].append({
+            "scenario": title,
+            "key": key,
+            "status": execution.status if execution is not None else None,
+            "result": None if error is not None else outcome,
+            "error": None if error is None else {"type": type(error).__name__,
+                                                 "message": str(error)},
+            "deliveries": execution.deliveries if execution is not None else None,
+            "events": timeline.as_data(),
+        })
+
+    def effects(self, effects: list[str]) -> None:
+        title = "every side effect the shop saw"
+        self.say(f"\n── {title} " + "─" * max(0, 70 - len(title)))
+        for effect in effects:
+            self.say(f"  {effect}")
+        self.data["effects"] = list(effects)
+        if self.as_json:
+            print(json.dumps(self.data, indent=2, default=repr))
 
 
 def _store(redis_url: str | None) -> tuple[Store, str]:
@@ -165,60 +218,60 @@ def _store(redis_url: str | None) -> tuple[Store, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kompensa-workers demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="kompensa-workers demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--redis-url", default=os.environ.get("KOMPENSA_REDIS_URL"),
         help="journal in this Redis instead of in-process (env: KOMPENSA_REDIS_URL)",
     )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print one JSON document: each order's final status, result or error, "
+             "its events, and the side effects",
+    )
     args = parser.parse_args(argv)
     store, where = _store(args.redis_url)
-    print(f"Journal: {where}")
+    report = _Report(store, where, args.json)
     shop.charge_failures["1001"] = 2
     shown: list[tuple[str, str, str]] = [
         ("order 1001: the card network fails twice", "1001", "visa"),
         ("order 1002: the card is declined", "1002", "declined"),
     ]
     for title, order_id, card in shown:
-        with _section(title):
-            timeline = Timeline()
-            runner = SagaRunner(store, hooks=timeline)
-            try:
-                outcome: object = runner.run(
-                    checkout, order_id, card, idempotency_key=f"order-{order_id}"
-                )
-            except SagaError as exc:
-                outcome = f"{type(exc).__name__}: {exc}"
-            print("\n".join(timeline.lines))
-            print(f"  result: {outcome}")
-
-    with _section("order 1003: the worker is killed before 'charge' is journaled"):
-        timeline = Timeline()
-        dying = SagaRunner(_KillOnWrite(store, nth=2), hooks=timeline)
-        try:
-            dying.run(checkout, "1003", "visa", idempotency_key="order-1003")
-        except _WorkerKilled:
-            timeline.lines.append(
-                "  ... worker killed after charging, before the journal write;"
-                " its lease runs out (0.5 s)"
-            )
-        survivor = SagaRunner(store, hooks=timeline, lock_wait=2.0)
-        result = survivor.run(checkout, "1003", "visa", idempotency_key="order-1003")
-        print("\n".join(timeline.lines))
-        print(f"  result: {result}")
-        print("  'reserve' ran once; 'charge' ran twice: its side effect happened before the")
-        print("  crash and its journal write did not. That is the at-least-once window, and")
-        print("  why the charge passes current_step().idempotency_key downstream.")
-
-    with _section("order 1001 delivered again (a duplicate message)"):
         timeline = Timeline()
         runner = SagaRunner(store, hooks=timeline)
-        result = runner.run(checkout, "1001", "visa", idempotency_key="order-1001")
-        print("\n".join(timeline.lines))
-        print(f"  result: {result}")
+        try:
+            outcome: object = runner.run(
+                checkout, order_id, card, idempotency_key=f"order-{order_id}"
+            )
+        except SagaError as exc:
+            outcome = exc
+        report.order(title, f"order-{order_id}", timeline, outcome)
 
-    with _section("every side effect the shop saw"):
-        for effect in shop.effects:
-            print(f"  {effect}")
+    timeline = Timeline()
+    dying = SagaRunner(_KillOnWrite(store, nth=2), hooks=timeline)
+    try:
+        dying.run(checkout, "1003", "visa", idempotency_key="order-1003")
+    except _WorkerKilled:
+        timeline.note("... worker killed after charging, before the journal write;"
+                      " its lease runs out (0.5 s)")
+    survivor = SagaRunner(store, hooks=timeline, lock_wait=2.0)
+    result = survivor.run(checkout, "1003", "visa", idempotency_key="order-1003")
+    report.order(
+        "order 1003: the worker is killed before 'charge' is journaled", "order-1003",
+        timeline, result,
+        "'reserve' ran once; 'charge' ran twice: its side effect happened before the",
+        "crash and its journal write did not. That is the at-least-once window, and",
+        "why the charge passes current_step().idempotency_key downstream.",
+    )
+
+    timeline = Timeline()
+    runner = SagaRunner(store, hooks=timeline)
+    result = runner.run(checkout, "1001", "visa", idempotency_key="order-1001")
+    report.order("order 1001 delivered again (a duplicate message)", "order-1001",
+                 timeline, result)
+
+    report.effects(shop.effects)
     return 0
 
 

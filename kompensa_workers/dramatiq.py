@@ -24,11 +24,13 @@ executions whose worker died and whose message never came back.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 try:
     import dramatiq
     from dramatiq import Actor, Broker, Message, Middleware
+    from dramatiq.asyncio import get_event_loop_thread
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.common import current_millis, q_name
     from dramatiq.middleware import SkipMessage, TimeLimit
@@ -151,13 +154,14 @@ class SagaActor(Actor[..., Any]):
             budget = max(delivery.budget - (time.monotonic() - delivery.started), 0.001)
         trace = _tracing.enter(message.options.get(_tracing.KEY))
         try:
-            outcome = deliver(
-                self.saga.fn, message.args, message.kwargs, key=key, store=self.saga.store,
-                lease_token=message.options.get(TOKEN_OPTION), lock_ttl=self.saga.lock_ttl,
-                max_deliveries=self.saga.max_deliveries, retry=self.saga.retry,
-                dispatch=self._dispatch(message), name=self.actor_name, time_limit=budget,
-                hooks=self.saga.hooks,
-            )
+            with _on_worker_loop(self.saga.fn):
+                outcome = deliver(
+                    self.saga.fn, message.args, message.kwargs, key=key,
+                    store=self.saga.store, lease_token=message.options.get(TOKEN_OPTION),
+                    lock_ttl=self.saga.lock_ttl, max_deliveries=self.saga.max_deliveries,
+                    retry=self.saga.retry, dispatch=self._dispatch(message),
+                    name=self.actor_name, time_limit=budget, hooks=self.saga.hooks,
+                )
         except LeaseLost:
             # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
             # again, this message is deferred (Busy) or answered from the journal.
@@ -280,6 +284,24 @@ class SagaActor(Actor[..., Any]):
                 if error is None:
                     raise
                 raise error from None
+
+
+@contextlib.contextmanager
+def _on_worker_loop(fn: Any) -> Iterator[None]:
+    """An ``async def`` saga runs on the AsyncIO middleware's event loop when the
+    worker has one (as Dramatiq's own async actors do), so it can await the clients
+    the app keeps there; without the middleware it gets a loop of its own."""
+    loop_thread = get_event_loop_thread() if inspect.iscoroutinefunction(fn) else None
+    if loop_thread is None:
+        yield
+        return
+    from ._async import coroutine_runner
+
+    token = coroutine_runner.set(loop_thread.run_coroutine)
+    try:
+        yield
+    finally:
+        coroutine_runner.reset(token)
 
 
 def _lasting_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from .failures import ErrorInfo
 from .records import Execution, StepRecord
 
-__all__ = ["age", "describe", "render", "summary"]
+__all__ = ["Line", "age", "describe", "render", "styled", "summary"]
 
 
 def _when(at: float | None) -> str | None:
@@ -119,90 +119,111 @@ def _clock(at: float | None) -> str:
     return stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
 
 
+Line = tuple[str, str]
+"""A line of the timeline and what it tells: ``heading``, ``ok``, ``failed``,
+``alarm``, ``waiting``, ``note``, ``status:<status>`` or ``""`` (plain). A
+terminal colours by it; everything else prints the text alone."""
+
+
 def render(execution: Execution, *, now: float | None = None) -> list[str]:
     """The timeline ``show`` prints, one string per line (times in UTC)."""
+    return [text for text, _ in styled(execution, now=now)]
+
+
+def styled(execution: Execution, *, now: float | None = None) -> list[Line]:
+    """:func:`render`'s lines, each with what it tells (see :data:`Line`)."""
     now = time.time() if now is None else now
-    lines = [
-        f"execution {execution.key}",
-        f"  saga      {execution.saga}",
-        f"  status    {execution.status}"
-        + ("  (cancel requested)" if execution.cancel_requested and not execution.terminal
-           else ""),
-        f"  created   {_when(execution.created_at)}  ({age(now - execution.created_at)} ago)",
-        f"  updated   {_when(execution.updated_at)}  ({age(now - execution.updated_at)} ago)",
-        f"  deliveries {execution.deliveries}, fencing token {execution.fence}"
-        + (f", {execution.stalled_deliveries} lost with their worker"
-           if execution.stalled_deliveries else ""),
-        "",
-        "steps",
+    lines: list[Line] = [
+        (f"execution {execution.key}", "heading"),
+        (f"  saga      {execution.saga}", ""),
+        (f"  status    {execution.status}"
+         + ("  (cancel requested)" if execution.cancel_requested and not execution.terminal
+            else ""), f"status:{execution.status}"),
+        (f"  created   {_when(execution.created_at)}  ({age(now - execution.created_at)} ago)",
+         ""),
+        (f"  updated   {_when(execution.updated_at)}  ({age(now - execution.updated_at)} ago)",
+         ""),
+        (f"  deliveries {execution.deliveries}, fencing token {execution.fence}"
+         + (f", {execution.stalled_deliveries} lost with their worker"
+            if execution.stalled_deliveries else ""),
+         "waiting" if execution.stalled_deliveries else ""),
+        ("", ""),
+        ("steps", "heading"),
     ]
     if not execution.steps:
-        lines.append("  (none yet)")
+        lines.append(("  (none yet)", "note"))
     rolling_back = execution.status in ("compensating", "compensation_failed")
     for record in execution.steps:
         lines.extend(_step_lines(record, rolling_back))
     failure = execution.error
     if failure is not None:
-        lines += ["", "outcome"]
+        lines += [("", ""), ("outcome", "heading")]
         where = f"at step {failure.failed_step!r}" if failure.failed_step else "outside a step"
         if failure.reason == "cancelled":
-            lines.append("  cancelled; completed steps rolled back")
+            lines.append(("  cancelled; completed steps rolled back", "waiting"))
         elif failure.cause is not None:
-            lines.append(f"  failed {where}: {failure.cause.type_name}: {failure.cause.message}")
+            lines.append((f"  failed {where}: {failure.cause.type_name}: "
+                          f"{failure.cause.message}", "failed"))
         retrying = execution.status == "compensating"
         for step, info in failure.compensation_errors:
             how = "failed before; being retried" if retrying else "failed for good"
-            lines.append(f"  compensation of {step!r} {how}: "
-                         f"{info.type_name}: {info.message}")
+            lines.append((f"  compensation of {step!r} {how}: "
+                          f"{info.type_name}: {info.message}",
+                          "waiting" if retrying else "alarm"))
         if execution.status == "compensation_failed":
-            lines.append("  needs a person: fix by hand, then "
-                         f"`kompensa-workers retry-compensation {execution.key}`")
+            lines.append(("  needs a person: fix by hand, then "
+                          f"`kompensa-workers retry-compensation {execution.key}`", "alarm"))
     elif execution.status == "succeeded":
-        lines += ["", "outcome", f"  succeeded: {execution.result!r}"]
+        lines += [("", ""), ("outcome", "heading"),
+                  (f"  succeeded: {execution.result!r}", "ok")]
     if execution.grants:
-        lines += ["", "lease grants"]
+        lines += [("", ""), ("lease grants", "heading")]
         for grant in execution.grants:
-            lines.append(f"  {_clock(grant.at)}  token {grant.fence:<4} {grant.how}")
+            lines.append((f"  {_clock(grant.at)}  token {grant.fence:<4} {grant.how}", "note"))
     return lines
 
 
-def _step_lines(record: StepRecord, rolling_back: bool) -> list[str]:
+def _step_lines(record: StepRecord, rolling_back: bool) -> list[Line]:
     label = record.name if record.parent is None else f"{record.parent}/{record.name}"
     took = ""
     if record.started_at and record.finished_at:
         took = f" in {record.finished_at - record.started_at:.3f}s"
     plural = "s" if record.attempts != 1 else ""
     head = f"  {_clock(record.finished_at or record.started_at)}  {label:<16} "
+    line: Line
     if record.status == "succeeded":
-        line = head + f"ok after {record.attempts} attempt{plural}{took}"
+        line = (head + f"ok after {record.attempts} attempt{plural}{took}", "ok")
     elif record.status == "failed":
-        line = head + f"FAILED after {record.attempts} attempt{plural}"
+        line = (head + f"FAILED after {record.attempts} attempt{plural}", "failed")
     else:
-        line = head + f"retrying: {record.attempts} attempt{plural} so far"
+        text = head + f"retrying: {record.attempts} attempt{plural} so far"
         if record.retry_at:
-            line += f", next at {_clock(record.retry_at)}"
+            text += f", next at {_clock(record.retry_at)}"
+        line = (text, "waiting")
     lines = [line]
     if record.error is not None and record.status != "succeeded":
-        lines.append(f"      last error: {record.error.type_name}: {record.error.message}")
+        lines.append((f"      last error: {record.error.type_name}: {record.error.message}",
+                      "failed" if record.status == "failed" else "note"))
     waited = record.delays[:-1] if record.status == "retrying" else record.delays
     if waited:
         waits = ", ".join(f"{d:.3g}s" for d in waited)
-        lines.append(f"      waited in the broker: {waits}")
+        lines.append((f"      waited in the broker: {waits}", "note"))
     comp = record.compensation
+    undo_plural = "s" if comp is not None and comp.attempts != 1 else ""
     if comp is not None:
         if comp.status == "compensated" and comp.error is not None:
             # Only a person's --mark-resolved leaves the last error on a done record.
-            lines.append(f"      compensation marked resolved by hand (it had failed: "
-                         f"{comp.error.type_name}: {comp.error.message})")
+            lines.append((f"      compensation marked resolved by hand (it had failed: "
+                          f"{comp.error.type_name}: {comp.error.message})", "waiting"))
         elif comp.status == "compensated":
-            lines.append(f"      compensated after {comp.attempts} attempt"
-                         f"{'s' if comp.attempts != 1 else ''}")
+            lines.append((f"      compensated after {comp.attempts} attempt{undo_plural}", "ok"))
         elif comp.status == "failed":
             error = f": {comp.error.type_name}: {comp.error.message}" if comp.error else ""
-            lines.append(f"      compensation FAILED after {comp.attempts} attempt"
-                         f"{'s' if comp.attempts != 1 else ''}{error}")
+            lines.append((f"      compensation FAILED after {comp.attempts} attempt"
+                          f"{undo_plural}{error}", "alarm"))
         else:
-            lines.append(f"      compensation retrying ({comp.attempts} attempts so far)")
+            lines.append((f"      compensation retrying ({comp.attempts} attempts so far)",
+                          "waiting"))
     elif record.owes_compensation and rolling_back:
-        lines.append("      compensation owed")
+        lines.append(("      compensation owed", "waiting"))
     return lines

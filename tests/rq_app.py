@@ -37,8 +37,10 @@ def install(connection: Redis, lock_ttl: float = 1.0) -> Queue:
         "keyed": {"key": sagas.order_key},
         "told": {"on_success": Callback(tell), "timeout": 30},
     }
+    # Named apart from their jobs: install() rebinds each job name to its SagaJob.
     made["told"] = retry_then_succeed
     made["async_flaky"] = flaky_async_saga
+    made["unrefundable"] = refund_fails_for_good
     for name, fn in made.items():
         job = saga_task(queue, store=store, name=f"{__name__}.{name}", **extra.get(name, {}))(fn)
         globals()[name] = job
@@ -53,6 +55,19 @@ def tell(job: Any, connection: Redis, result: Any) -> None:
 
 def retry_then_succeed(saga: Any, order_id: str) -> str:
     return sagas.flaky(saga, order_id, 1, 0.5)  # type: ignore[no-any-return]
+
+
+def refund_refused(reserved: Any) -> None:
+    sagas.mark("undo-attempt")
+    raise ConnectionError("refund API down")
+
+
+def refund_fails_for_good(saga: Any, order_id: str) -> None:
+    """A declined charge whose reservation cannot be undone: the refund fails on
+    both of its attempts (the second after a wait in the scheduler)."""
+    saga.step("reserve", sagas.effect, f"res-{order_id}", compensate=refund_refused,
+              compensate_retry=sagas.Retry(attempts=2, initial=0.1, jitter=False))
+    saga.step("charge", sagas.declined)
 
 
 def nowhere(saga: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from kompensa_workers import (
     SagaFailed,
     SerializationError,
     TransientError,
+    current_step,
 )
 from kompensa_workers.celery import default_store, saga_task
 
@@ -202,3 +204,74 @@ def test_an_async_saga_runs_as_a_task() -> None:
         return await saga.step("charge", charge)  # type: ignore[no-any-return]
 
     assert checkout.delay().get() == "paid"
+
+
+def work_off_one(celery_app: Celery, task: Any) -> Any:
+    """What a worker does with the next message of the queue: build Celery's
+    request from it and run the task as the pool does. Returns the message."""
+    from celery.app.trace import trace_task
+    from celery.worker.request import Request
+
+    with celery_app.connection_for_write() as connection:
+        message = connection.SimpleQueue("unit").get(timeout=1)
+        message.ack()
+    request = Request(message, app=celery_app, task=task)
+    trace_task(task, request.id, request.args, request.kwargs,
+               request=request.request_dict, app=celery_app)
+    return message
+
+
+def test_a_saga_that_retried_through_the_broker_is_one_trace() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from kompensa_workers.otel import TracingHooks
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    celery_app = app()
+    with celery_app.connection_for_write() as connection:
+        connection.SimpleQueue("unit").clear()  # the memory transport outlives apps
+
+    def flaky() -> str:
+        if current_step().attempt < 3:
+            raise TransientError("card network timeout")
+        return "ch-1"
+
+    # Given a saga task whose charge fails twice and waits in the broker each time,
+    @saga_task(celery_app, store=MemoryStore(), hooks=TracingHooks(provider),
+               retry=Retry(attempts=3, initial=0.01, jitter=False))
+    def checkout(saga: Saga) -> str:
+        saga.step("reserve", lambda: "res-1")
+        return saga.step("charge", flaky)  # type: ignore[no-any-return]
+
+    result = checkout.delay()
+    # when a worker takes each message in turn (the re-sends once their countdown is over),
+    sent = [work_off_one(celery_app, checkout)]
+    for _ in range(2):
+        time.sleep(0.1)
+        sent.append(work_off_one(celery_app, checkout))
+    assert queued(celery_app) == 0
+    assert result.get(timeout=1) == "ch-1"
+    # then every re-send carried the trace of the first delivery with its lease token,
+    assert sent[0].headers["id"] == result.id
+    assert "kompensa_trace" not in sent[0].headers
+    deliveries = sorted((s for s in exporter.get_finished_spans()
+                         if s.name == f"saga {checkout.name}"), key=lambda s: s.start_time)
+    assert [s.attributes["kompensa.status"] for s in deliveries] == [
+        "waiting", "waiting", "succeeded"]
+    first = deliveries[0].context
+    for again in sent[1:]:
+        assert again.headers["id"] == result.id
+        assert again.headers["kompensa_lease_token"]
+        _, trace_id, parent_id, _ = again.headers["kompensa_trace"]["traceparent"].split("-")
+        assert (trace_id, parent_id) == (f"{first.trace_id:032x}", f"{first.span_id:016x}")
+    # and the deliveries, steps and retries read as one trace.
+    assert {s.context.trace_id for s in exporter.get_finished_spans()} == {first.trace_id}
+    assert all(s.parent is not None and s.parent.span_id == first.span_id
+               for s in deliveries[1:])
+    attempts = [s.attributes["kompensa.attempt"] for s in exporter.get_finished_spans()
+                if s.name == "step charge"]
+    assert attempts == [1, 2, 3]

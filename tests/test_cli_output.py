@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kompensa_workers.cli import duration, emit, redact
+from kompensa_workers.cli import duration, emit, redact, run
 
 
 def test_passwords_never_reach_the_output() -> None:
@@ -31,3 +31,13 @@ def test_json_output_is_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
 ])
 def test_durations(text: str, seconds: float) -> None:
     assert duration(text) == seconds
+
+
+def test_a_recovery_loop_without_a_pause_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # Checked before anything is imported or connected: it would hammer Redis.
+    code = run(["--redis-url", "redis://127.0.0.1:1/0", "recover", "--app", "nowhere:app",
+                "--loop", "--interval", "0"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "kompensa-workers: --interval 0: a loop needs a pause above 0s\n"
+    )

@@ -19,8 +19,10 @@ from dramatiq.results.backends import StubBackend
 
 from integrations import conformance
 from kompensa_workers import (
+    CompensationFailed,
     KompensaError,
     MemoryStore,
+    PermanentError,
     Retry,
     Saga,
     SagaFailed,
@@ -203,6 +205,48 @@ def test_a_failed_saga_is_dead_lettered_once_with_its_error(broker: StubBroker) 
     assert [m.message_id for m in broker.dead_letters] == [message.message_id]
     assert undone.entries == [("undo", "r")]
 
+
+
+def test_a_compensation_that_kept_failing_is_reported_as_compensation_failed(
+    broker: StubBroker,
+) -> None:
+    # Given a declined charge whose reservation's refund fails on both its attempts,
+    refunds = Ledger()
+
+    def refund(reserved: str) -> None:
+        refunds.add("refund", reserved, str(current_step().attempt))
+        raise ConnectionError("refund API down")
+
+    @saga_task(broker=broker, store=MemoryStore(), store_results=True)
+    def doomed(saga: Saga) -> None:
+        saga.step("reserve", lambda: "r", compensate=refund,
+                  compensate_retry=Retry(attempts=2, initial=0.1, jitter=False))
+        saga.step("charge", lambda: (_ for _ in ()).throw(PermanentError("declined")))
+
+    worker = run_worker(broker)
+    try:
+        message = doomed.send()
+        with pytest.raises(CompensationFailed) as failure:
+            doomed.get_saga_result(message, block=True, timeout=10_000)
+        with pytest.raises(ResultFailure) as plain:
+            message.get_result(backend=broker.get_results_backend())
+        broker.join("default", fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    # then the result is CompensationFailed with the failed step, its cause and the
+    # refund's error, not a clean rollback,
+    error = failure.value
+    assert not isinstance(error, SagaFailed)
+    assert (error.key, error.failed_step) == (message.message_id, "charge")
+    assert isinstance(error.cause, PermanentError) and str(error.cause) == "declined"
+    [(step, refused)] = error.compensation_errors
+    assert step == "reserve" and isinstance(refused, ConnectionError)
+    assert str(refused) == "refund API down"
+    assert refunds.entries == [("refund", "r", "1"), ("refund", "r", "2")]
+    # Dramatiq's own result names it, and the message is dead-lettered once.
+    assert plain.value.orig_exc_type == "CompensationFailed"
+    assert [m.message_id for m in broker.dead_letters] == [message.message_id]
 
 def test_pipelines_and_callbacks_fire_once_for_a_saga_that_waited(broker: StubBroker) -> None:
     # Given a saga that retries once through the broker, piped into a plain actor,

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,10 +25,12 @@ from kompensa_workers import (
     current_step,
     deliver,
 )
-from kompensa_workers.codec import fingerprint
+from kompensa_workers.celery import recover
+from kompensa_workers.codec import encode, fingerprint
 from kompensa_workers.hooks import install, uninstall
 from kompensa_workers.metrics import MetricsHooks
 from kompensa_workers.otel import TracingHooks
+from kompensa_workers.testing import FakeClock
 
 
 @pytest.fixture
@@ -163,3 +166,77 @@ def test_a_lost_lease_ends_every_span_and_is_recorded(spans: Any) -> None:
     assert "lease lost" in [e.name for e in delivery.events]
     assert delivery.status.status_code.name == "ERROR"
     assert hooks._open == {}  # nothing left open in a long-running worker
+
+
+def test_a_busy_deferral_is_an_event_in_the_trace_the_duplicate_came_with(spans: Any) -> None:
+    # Given an execution whose lease another delivery holds for 60 s,
+    hooks, exporter = spans
+    store = MemoryStore(clock=FakeClock())
+    held = store.claim("dup", saga="x", fingerprint=fingerprint(["x", [], {}]),
+                       lease_token=None, lock_ttl=60, at=0.0)
+    assert held.state == "granted"
+    # when a duplicate arrives inside the trace its message carried,
+    with hooks.tracer.start_as_current_span("message received") as incoming:
+        busy = deliver(lambda saga: None, key="dup", store=store, hooks=hooks, name="x")
+    assert isinstance(busy, Busy)
+    # then the trace shows a delivery deferred for the time left on the lease.
+    [deferred] = [s for s in exporter.get_finished_spans() if s.name == "saga x"]
+    assert deferred.attributes["kompensa.status"] == "busy"
+    assert deferred.attributes["kompensa.key"] == "dup"
+    [event] = deferred.events
+    assert event.name == "deferred: another delivery holds it"
+    assert event.attributes["kompensa.delay"] == 60.0
+    assert deferred.context.trace_id == incoming.get_span_context().trace_id
+    assert deferred.parent is not None
+    assert deferred.parent.span_id == incoming.get_span_context().span_id
+
+
+def abandoned(store: MemoryStore, clock: FakeClock, key: str) -> None:
+    """An execution whose worker died holding it, its lease now expired."""
+    dispatch = {"broker": "celery", "task": "shop.checkout", "id": key, "args": ["7"],
+                "kwargs": {}, "options": {}}
+    claim = store.claim(key, saga="shop.checkout", fingerprint="-", lease_token=None,
+                        lock_ttl=30, at=clock.time(), dispatch=encode(dispatch))
+    assert claim.state == "granted"
+    clock.advance(31)
+
+
+def test_a_recovery_is_a_span_and_counted() -> None:
+    # Given tracing and metrics installed in a worker, and an abandoned execution,
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = CollectorRegistry()
+    tracing, metrics = TracingHooks(provider), MetricsHooks(registry)
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    app = Celery("recovering", broker="memory://")
+    abandoned(store, clock, "t-1")
+    install(tracing)
+    install(metrics)
+    try:
+        # when recovery sends it again (once: the next pass holds it back),
+        assert recover(app, store) == 1
+        assert recover(app, store) == 0
+    finally:
+        uninstall(tracing)
+        uninstall(metrics)
+    # then the trace has a recovery span and the counter counts one recovery.
+    [span] = exporter.get_finished_spans()
+    assert span.name == "recover shop.checkout"
+    assert span.attributes["kompensa.key"] == "t-1"
+    assert span.attributes["kompensa.status"] == "running"
+    assert registry.get_sample_value(
+        "kompensa_recoveries_total", {"saga": "shop.checkout"}) == 1
+
+
+def test_a_lost_lease_is_counted() -> None:
+    registry = CollectorRegistry()
+    hooks = MetricsHooks(registry)
+    with pytest.raises(LeaseLost):
+        deliver(checkout, key="lost", store=LosingStore(), hooks=hooks)
+    deliver(checkout, key="kept", store=MemoryStore(), hooks=hooks)
+    saga = f"{__name__}.checkout"
+    assert registry.get_sample_value("kompensa_lease_losses_total", {"saga": saga}) == 1
+    assert registry.get_sample_value(
+        "kompensa_deliveries_total", {"saga": saga, "outcome": "error"}) == 1

@@ -10,6 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -17,8 +20,17 @@ from rq.job import Retry as RQRetry
 from rq.serializers import JSONSerializer
 
 from integrations import conformance
-from kompensa_workers import KompensaError, MemoryStore, SagaFailed, SerializationError
+from kompensa_workers import (
+    CompensationFailed,
+    KompensaError,
+    MemoryStore,
+    PermanentError,
+    SagaFailed,
+    SerializationError,
+)
 from kompensa_workers.codec import encode
+from kompensa_workers.hooks import install, uninstall
+from kompensa_workers.otel import TracingHooks
 from kompensa_workers.rq import (
     TOKEN_META,
     SagaWorker,
@@ -377,3 +389,61 @@ def test_an_async_saga_job_waits_in_the_scheduler_and_finishes(
     job = rq_app.jobs["kw.async_flaky"].delay("o-11")
     assert harness.outcome(job.id, 15) == ("success", "ch-o-11")
     assert conformance.runs(harness, job.id) == {"reserve": 1, "charge": 2}
+
+
+def test_a_compensation_that_kept_failing_is_a_failed_job_with_compensation_failed(
+    harness: RQStubHarness, pool: None
+) -> None:
+    # Given a declined charge whose reservation's refund fails on both its attempts,
+    job = rq_app.jobs["kw.unrefundable"].delay("o-15")
+    # the job fails, and the saga's result is CompensationFailed with what went wrong,
+    state, error = harness.outcome(job.id, 15)
+    assert state == "failure" and isinstance(error, CompensationFailed)
+    assert not isinstance(error, SagaFailed)  # not rolled back: a person must look
+    assert (error.key, error.failed_step) == (job.id, "charge")
+    assert isinstance(error.cause, PermanentError) and str(error.cause) == "card declined"
+    [(step, refused)] = error.compensation_errors
+    assert step == "reserve" and isinstance(refused, ConnectionError)
+    assert str(refused) == "refund API down"
+    assert [e["attempt"] for e in conformance.entries(harness, "undo-attempt", job.id)] == [1, 2]
+    # and RQ shows it where RQ users look: the failed registry and the job's exception.
+    assert job.id in harness.queue.failed_job_registry.get_job_ids()
+    fetched = Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer)
+    latest = fetched.latest_result()
+    assert latest is not None and "CompensationFailed: saga" in latest.exc_string
+    assert "compensation failed for reserve" in latest.exc_string
+    with pytest.warns(DeprecationWarning):
+        assert "CompensationFailed: saga" in (fetched.exc_info or "")
+
+
+def test_a_saga_job_that_waited_in_the_scheduler_is_one_trace(harness: RQStubHarness) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = TracingHooks(provider)
+    install(tracing)  # as a worker process switches tracing on
+    try:
+        # Given a saga job whose charge fails once and waits in the scheduled registry,
+        harness.start_worker(concurrency=1)
+        job = rq_app.jobs["kw.told"].delay("o-16")
+        conformance.wait_for(
+            lambda: job.id in harness.queue.scheduled_job_registry, 10, "the retry",
+        )
+        waiting = Job.fetch(job.id, connection=harness.redis, serializer=JSONSerializer)
+        carried = waiting.meta["kompensa_trace"]["traceparent"]
+        assert harness.outcome(job.id, 10) == ("success", "paid o-16")
+    finally:
+        uninstall(tracing)
+    finished = exporter.get_finished_spans()
+    deliveries = sorted((s for s in finished if s.name == "saga tests.rq_app.told"),
+                        key=lambda s: s.start_time)
+    assert [s.attributes["kompensa.status"] for s in deliveries] == ["waiting", "succeeded"]
+    first, second = deliveries
+    # then the waiting job carried the first delivery's trace in its meta,
+    _, trace_id, parent_id, _ = carried.split("-")
+    assert (trace_id, parent_id) == (f"{first.context.trace_id:032x}",
+                                     f"{first.context.span_id:016x}")
+    # and the delivery the scheduler brought back continued it: one trace.
+    assert {s.context.trace_id for s in finished} == {first.context.trace_id}
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
+    assert second.start_time - first.end_time >= 0.5e9  # it waited out its retry delay

@@ -32,6 +32,7 @@ app.conf.update(
 store = sagas.journal()
 checkout = saga_task(app, store=store, name="kw.checkout")(sagas.checkout)
 flaky = saga_task(app, store=store, name="kw.flaky")(sagas.flaky)
+async_flaky = saga_task(app, store=store, name="kw.async_flaky")(sagas.async_flaky)
 doomed = saga_task(app, store=store, name="kw.doomed")(sagas.doomed)
 slow = saga_task(app, store=store, name="kw.slow")(sagas.slow)
 keyed = saga_task(app, store=store, name="kw.keyed", key=sagas.order_key)(sagas.keyed)

@@ -14,6 +14,7 @@ import os
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware.asyncio import AsyncIO
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
@@ -27,6 +28,7 @@ broker: dramatiq.Broker = (
     RabbitmqBroker(url=url) if url.startswith("amqp")
     else RedisBroker(url=url, namespace=f"{NAMESPACE}-broker")
 )
+broker.add_middleware(AsyncIO())
 broker.add_middleware(Results(backend=RedisBackend(
     url=os.environ["KW_REDIS_URL"], namespace=f"{NAMESPACE}-results",
 )))
@@ -36,6 +38,8 @@ store = sagas.journal()
 options = {"store": store, "queue_name": QUEUE, "store_results": True}
 checkout = saga_task(actor_name="kw.checkout", **options)(sagas.checkout)
 flaky = saga_task(actor_name="kw.flaky", **options)(sagas.flaky)
+# On the AsyncIO middleware's event loop, as Dramatiq runs async actors.
+async_flaky = saga_task(actor_name="kw.async_flaky", **options)(sagas.async_flaky)
 doomed = saga_task(actor_name="kw.doomed", **options)(sagas.doomed)
 slow = saga_task(actor_name="kw.slow", **options)(sagas.slow)
 keyed = saga_task(actor_name="kw.keyed", key=sagas.order_key, **options)(sagas.keyed)

@@ -29,6 +29,7 @@ def saga_job(name: str, fn: Any, **options: Any) -> SagaJob:
 
 checkout = saga_job("checkout", sagas.checkout)
 flaky = saga_job("flaky", sagas.flaky)
+async_flaky = saga_job("async_flaky", sagas.async_flaky)
 doomed = saga_job("doomed", sagas.doomed)
 slow = saga_job("slow", sagas.slow)
 keyed = saga_job("keyed", sagas.keyed, key=sagas.order_key)

@@ -6,6 +6,7 @@ process id, so a test can count effects across processes and find whom to kill.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -13,7 +14,15 @@ from typing import Any
 
 import redis
 
-from kompensa_workers import PermanentError, RedisStore, Retry, Saga, TransientError, current_step
+from kompensa_workers import (
+    AsyncSaga,
+    PermanentError,
+    RedisStore,
+    Retry,
+    Saga,
+    TransientError,
+    current_step,
+)
 
 NAMESPACE = os.environ.get("KW_NAMESPACE", "kw")
 
@@ -69,6 +78,30 @@ def flaky(saga: Saga, order_id: str, failures: int, delay: float) -> str:
     saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
     saga.step("charge", flaky_charge, order_id, failures,
               retry=Retry(attempts=failures + 1, initial=delay, jitter=False))
+    return f"paid {order_id}"
+
+
+async def async_effect(value: str) -> str:
+    await asyncio.sleep(0)
+    mark("run")
+    return value
+
+
+async def async_undo(result: Any) -> None:
+    await asyncio.sleep(0)
+    mark("undo")
+
+
+async def async_flaky_charge(order_id: str, failures: int) -> str:
+    await asyncio.sleep(0)
+    return flaky_charge(order_id, failures)
+
+
+async def async_flaky(saga: AsyncSaga, order_id: str, failures: int, delay: float) -> str:
+    """``flaky`` as an ``async def`` saga with async steps."""
+    await saga.step("reserve", async_effect, f"res-{order_id}", compensate=async_undo)
+    await saga.step("charge", async_flaky_charge, order_id, failures,
+                    retry=Retry(attempts=failures + 1, initial=delay, jitter=False))
     return f"paid {order_id}"
 
 
