@@ -13,6 +13,7 @@ import redis
 from celery import Celery
 
 from kompensa_workers import RedisStore
+from kompensa_workers.celery import saga_task
 
 from .processes import ROOT, WorkerProcess, pause
 
@@ -65,6 +66,19 @@ class CeleryHarness:
     def send_ordinary(self, tag: str) -> str:
         return str(self.app.send_task("kw.ordinary", args=[tag], queue=self.queue).id)
 
+    def send_recorded(self, saga: str, *args: Any, claim_timeout: float) -> str:
+        """Send as the app does, through the saga task: recorded ``queued``."""
+        # shared=False: Celery would hand a shared task to apps made later (the next
+        # harness), bound to this one's journal.
+        task = saga_task(self.app, store=self.store, name=saga, claim_timeout=claim_timeout,
+                         shared=False)(_elsewhere)
+        return str(task.apply_async(args, queue=self.queue).id)
+
+    def lose_waiting(self) -> None:
+        """Drop every message waiting in the queue, as a broker that lost them."""
+        with self.app.connection_for_write() as connection:
+            connection.default_channel.queue_purge(self.queue)
+
     def pause(self, pid: int, seconds: float) -> None:
         pause(pid, seconds)
 
@@ -104,3 +118,8 @@ class CeleryHarness:
             with self.app.connection_for_write() as connection:
                 for queue in (self.queue, f"{self.queue}-unrouted"):
                     connection.default_channel.queue_delete(queue)
+
+
+def _elsewhere(saga: Any, *args: Any) -> None:
+    """The sender's stand-in for a saga the workers define."""
+    raise AssertionError("runs in the workers, not in the sender")

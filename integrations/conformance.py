@@ -138,6 +138,26 @@ def async_saga_retries_through_the_broker(harness: Harness) -> None:
     assert "handover" in [g.how for g in execution.grants]
 
 
+def lost_message_is_sent_again(harness: Any) -> None:
+    # Given a saga sent while no worker runs (the journal records it queued),
+    o = order()
+    saga_id = harness.send_recorded("kw.checkout", o, claim_timeout=1.0)
+    sent = harness.store.get(saga_id)
+    assert sent is not None and sent.status == "queued"
+    # when the broker loses it before any worker saw it,
+    harness.lose_waiting()
+    # then a worker's recovery sends it again with its id, and it runs once.
+    worker = harness.start_worker(concurrency=2, recovery=0.5)
+    try:
+        assert harness.outcome(saga_id, 30) == (
+            "success", [f"res-{o}", f"ch-{o}", f"ship-{o}"])
+    finally:
+        worker.stop()
+    assert runs(harness, saga_id) == {"reserve": 1, "charge": 1, "ship": 1}
+    execution = harness.store.get(saga_id)
+    assert execution is not None and execution.deliveries == 1
+
+
 def permanent_failure_is_compensated(harness: Harness) -> None:
     o = order()
     message_id = harness.send("kw.doomed", o)

@@ -19,6 +19,7 @@ from dramatiq.results import ResultFailure, ResultMissing
 from dramatiq.results.backends import RedisBackend
 
 from kompensa_workers import RedisStore
+from kompensa_workers.dramatiq import saga_task
 
 from .processes import ROOT, WorkerProcess, pause, proc_stat
 
@@ -85,6 +86,18 @@ class DramatiqHarness:
     def send_ordinary(self, tag: str) -> str:
         return self.send("kw.ordinary", tag)
 
+    def send_recorded(self, saga: str, *args: Any, claim_timeout: float) -> str:
+        """Send as the app does, through the saga actor: recorded ``queued``."""
+        actor = saga_task(broker=self.broker, store=self.store, actor_name=saga,
+                          queue_name=self.queue, claim_timeout=claim_timeout)(_elsewhere)
+        message = actor.send(*args)
+        self.sent[message.message_id] = message
+        return str(message.message_id)
+
+    def lose_waiting(self) -> None:
+        """Drop every message waiting in the queue, as a broker that lost them."""
+        self.broker.flush(self.queue)
+
     def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
         message = self.sent[message_id]
         deadline = time.monotonic() + timeout
@@ -128,3 +141,8 @@ class DramatiqHarness:
                 with contextlib.suppress(Exception):
                     channel.queue_delete(queue)
         self.broker.close()
+
+
+def _elsewhere(saga: Any, *args: Any) -> None:
+    """The sender's stand-in for a saga the workers define."""
+    raise AssertionError("runs in the workers, not in the sender")

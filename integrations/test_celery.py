@@ -175,3 +175,7 @@ def test_a_duplicate_does_not_fire_callbacks_twice(harness: CeleryHarness, pool:
     assert harness.outcome(message_id, 30)[0] == "success"
     time.sleep(harness.lock_ttl + 2)  # the deferred duplicate comes back and ends
     assert [e.get("tag") for e in harness.ledger() if e["kind"] == "ordinary"].count(tag) == 1
+
+
+def test_a_message_lost_before_any_worker_saw_it_is_sent_again(harness: CeleryHarness) -> None:
+    conformance.lost_message_is_sent_again(harness)

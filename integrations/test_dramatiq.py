@@ -102,3 +102,7 @@ def test_the_time_limit_cuts_the_step_not_the_worker_thread(
     assert [e["step"] for e in conformance.entries(harness, "undo", message_id)] == ["reserve"]
     logs = "".join(w.tail() for w in harness.workers)
     assert "Time limit exceeded" not in logs
+
+
+def test_a_message_lost_before_any_worker_saw_it_is_sent_again(harness: DramatiqHarness) -> None:
+    conformance.lost_message_is_sent_again(harness)

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._check import count, instance, number
 from ._check import store as check_store
+from .codec import encode
 from .hooks import Hooks
 from .retry import Retry
 from .runner import SagaRunner
 from .store import Store
 
-__all__ = ["SagaConfig", "check_options", "recovery_thread", "run_to_end"]
+__all__ = ["SagaConfig", "check_options", "expect_delivery", "recovery_thread", "run_to_end"]
 
 logger = logging.getLogger("kompensa_workers")
 SagaFunction = Callable[..., Any]
+# How long a sent saga may wait in the broker for its first delivery before
+# recovery takes the message for lost and sends it again (the same id: a copy that
+# arrives after the original is answered from the journal).
+DEFAULT_CLAIM_TIMEOUT = 600.0
 
 
 def check_options(
@@ -31,6 +37,7 @@ def check_options(
     store: Any,
     max_deliveries: Any,
     lock_ttl: Any,
+    claim_timeout: Any = DEFAULT_CLAIM_TIMEOUT,
     retry_hint: str = "",
 ) -> None:
     """``saga_task``'s own options, refused with an error naming the option."""
@@ -42,6 +49,27 @@ def check_options(
     count("saga_task", "max_deliveries", max_deliveries)
     if lock_ttl is not None:
         number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
+    if claim_timeout is not None:
+        number("saga_task", "claim_timeout", claim_timeout, inclusive=False)
+
+
+def expect_delivery(
+    store: Store, key: str, name: str, dispatch: Mapping[str, Any], *, within: float,
+    after: float = 0.0,
+) -> None:
+    """Record a saga just published as ``queued``, due for recovery if no delivery
+    claims it within ``after + within`` seconds (``after``: its countdown). Never
+    raises: the message is out, and failing the send now would make the caller send
+    it twice; the loss of this safety net is logged instead."""
+    try:
+        store.expect(key, saga=name, dispatch=encode(dict(dispatch), what="dispatch"),
+                     within=max(after, 0.0) + within, at=time.time())
+    except Exception as exc:
+        logger.warning(
+            "%s[%s]: sent, but the journal could not record it (%s); should the broker "
+            "lose this message before a worker starts it, recovery will not know of it",
+            name, key, exc,
+        )
 
 
 def run_to_end(
@@ -78,6 +106,7 @@ class SagaConfig:
     lock_ttl: float | None
     max_deliveries: int
     hooks: Hooks | None = None
+    claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT
 
     def run_to_end(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, name: str,

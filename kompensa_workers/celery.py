@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 try:
@@ -41,7 +43,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import _tracing
-from ._adapter import check_options, recovery_thread, run_to_end
+from ._adapter import (
+    DEFAULT_CLAIM_TIMEOUT,
+    check_options,
+    expect_delivery,
+    recovery_thread,
+    run_to_end,
+)
 from .codec import check_arguments
 from .delivery import (
     DEFAULT_MAX_DELIVERIES,
@@ -73,6 +81,8 @@ RESEND_OPTIONS = (
 )
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 SagaFunction = Callable[..., Any]
+# Task.apply_async's parameters after args and kwargs, when given by position.
+APPLY_ASYNC_POSITIONAL = ("task_id", "producer", "link", "link_error", "shadow")
 
 
 class SagaTask(Task):  # type: ignore[misc]
@@ -85,6 +95,7 @@ class SagaTask(Task):  # type: ignore[misc]
     saga_lock_ttl: float | None = None
     saga_max_deliveries: int = DEFAULT_MAX_DELIVERIES
     saga_hooks: Hooks | None = None
+    saga_claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT
     acks_late = True
     reject_on_worker_lost = True
     acks_on_timeout = False  # a hard time limit kills the child: bring the message back
@@ -93,9 +104,32 @@ class SagaTask(Task):  # type: ignore[misc]
     def apply_async(
         self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any
     ) -> Any:
-        """Refuse arguments the journal cannot encode before anything is sent."""
+        """Refuse arguments the journal cannot encode before anything is sent; then
+        send, and record the saga ``queued`` in the journal: should the broker lose
+        the message before a worker starts it, recovery sends it again."""
         check_arguments(args or (), kwargs or {}, owner=f"task {self.name!r}")
-        return super().apply_async(args, kwargs, *more, **options)
+        if len(more) > len(APPLY_ASYNC_POSITIONAL):
+            raise TypeError(f"apply_async takes at most {2 + len(APPLY_ASYNC_POSITIONAL)} "
+                            f"positional arguments, got {2 + len(more)}")
+        options.update(zip(APPLY_ASYNC_POSITIONAL, more, strict=False))
+        first_send = not (
+            options.get("retries") or KEY_HEADER in (options.get("headers") or {})
+        )  # a re-send of a delivery (a retry, a deferral, a rollback) is no news
+        if (self.saga_claim_timeout is None or not first_send
+                or self.app.conf.task_always_eager):
+            return super().apply_async(args, kwargs, **options)
+        journal = self.journal()  # no journal to be had: an error, and nothing sent
+        task_id = options["task_id"] = options.get("task_id") or uuid()
+        result = super().apply_async(args, kwargs, **options)
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        key = self.saga_key(*args, **kwargs) if self.saga_key else task_id
+        dispatch = {
+            "broker": "celery", "task": self.name, "id": task_id, "args": list(args),
+            "kwargs": kwargs, "options": _resend_options(options),
+        }
+        expect_delivery(journal, key, self.name, dispatch,
+                        within=self.saga_claim_timeout, after=_countdown(options))
+        return result
 
     def journal(self) -> Store:
         """The store, resolved on first use (in the worker child, after fork)."""
@@ -191,18 +225,9 @@ class SagaTask(Task):  # type: ignore[misc]
         """How recovery sends this delivery again: Celery's own routing of a retry
         (queue, exchange), and the chain, callbacks, limits and headers it carried."""
         options = self.signature_from_request(self.request, args, kwargs).options
-        kept = {
-            name: options[name] for name in RESEND_OPTIONS
-            if options.get(name) not in (None, "", [], {})
-        }
-        headers = _without_token(kept.pop("headers", None))
-        if headers:
-            kept["headers"] = headers
         return {
             "broker": "celery", "task": self.name, "id": self.request.id,
-            "args": list(args), "kwargs": kwargs,
-            # Signatures are dict subclasses: keep plain JSON data.
-            "options": kombu_json.loads(kombu_json.dumps(kept)),  # type: ignore[no-untyped-call]
+            "args": list(args), "kwargs": kwargs, "options": _resend_options(options),
         }
 
     def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -214,6 +239,36 @@ class SagaTask(Task):  # type: ignore[misc]
             lock_ttl=self.saga_lock_ttl, max_deliveries=self.saga_max_deliveries,
             hooks=self.saga_hooks,
         )
+
+
+def _resend_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options recovery sends a message again with (plain JSON data)."""
+    kept = {
+        name: options[name] for name in RESEND_OPTIONS
+        if options.get(name) not in (None, "", [], {})
+    }
+    if "queue" in kept and not isinstance(kept["queue"], str):  # a kombu Queue
+        kept["queue"] = getattr(kept["queue"], "name", None) or kept.pop("queue")
+    headers = _without_token(kept.pop("headers", None))
+    if headers:
+        kept["headers"] = headers
+    # Signatures are dict subclasses: keep plain JSON data.
+    return kombu_json.loads(kombu_json.dumps(kept))  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _countdown(options: Mapping[str, Any]) -> float:
+    """How long a message sent with ``options`` waits before it is due."""
+    countdown = options.get("countdown")
+    if isinstance(countdown, (int, float)):
+        return float(countdown)
+    eta = options.get("eta")
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if isinstance(eta, datetime):
+        if eta.tzinfo is None:
+            eta = eta.replace(tzinfo=timezone.utc)
+        return eta.timestamp() - time.time()
+    return 0.0
 
 
 def _without_token(headers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -230,6 +285,7 @@ def saga_task(
     lock_ttl: float | None = None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     hooks: Hooks | None = None,
+    claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
     **task_options: Any,
 ) -> Callable[[SagaFunction], SagaTask]:
     """Decorate ``fn(saga, *args, **kwargs)`` into a Celery task.
@@ -237,7 +293,9 @@ def saga_task(
     The idempotency key is the task id, unless ``key(*args, **kwargs)`` derives a
     business key. ``store`` defaults to a RedisStore on the app's broker when that
     is Redis. ``retry`` is the policy of steps that name none; ``hooks`` observe its
-    deliveries (besides those installed process-wide). Other options go to
+    deliveries (besides those installed process-wide). A sent saga is recorded
+    ``queued``; one no delivery has claimed ``claim_timeout`` seconds after it was
+    due is sent again by recovery (None: no record). Other options go to
     ``app.task`` (``name``, ``queue``, ``time_limit``, ...).
     """
 
@@ -245,7 +303,8 @@ def saga_task(
         hint = " (write @saga_task(app), not @saga_task)" if callable(app) else ""
         raise TypeError(f"saga_task: app must be a Celery app, got {app!r}{hint}")
     check_options(key=key, retry=retry, hooks=hooks, store=store,
-                  max_deliveries=max_deliveries, lock_ttl=lock_ttl)
+                  max_deliveries=max_deliveries, lock_ttl=lock_ttl,
+                  claim_timeout=claim_timeout)
 
     def decorator(fn: SagaFunction) -> SagaTask:
         if not callable(fn):
@@ -265,7 +324,8 @@ def saga_task(
             bind=True, base=SagaTask, name=name, typing=False,
             saga=staticmethod(fn), saga_key=staticmethod(key) if key else None,
             saga_store=store, saga_retry=retry, saga_lock_ttl=lock_ttl,
-            saga_max_deliveries=max_deliveries, saga_hooks=hooks, **task_options,
+            saga_max_deliveries=max_deliveries, saga_hooks=hooks,
+            saga_claim_timeout=claim_timeout, **task_options,
         )(run)
 
     return decorator

@@ -59,7 +59,8 @@ EXIT_ERROR, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 3, 4, 5
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 T = TypeVar("T")
 COLOURS = {"succeeded": "green", "compensated": "yellow", "cancelled": "yellow",
-           "compensation_failed": "bold red", "compensating": "magenta", "waiting": "cyan"}
+           "compensation_failed": "bold red", "compensating": "magenta", "waiting": "cyan",
+           "queued": "blue"}
 # What each kind of timeline line (timeline.styled) looks like on a terminal.
 STYLES = {"heading": "bold", "ok": "green", "failed": "red", "alarm": "bold red",
           "waiting": "yellow", "note": "dim"}

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -55,7 +56,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import _tracing
-from ._adapter import SagaConfig, check_options, recovery_thread
+from ._adapter import (
+    DEFAULT_CLAIM_TIMEOUT,
+    SagaConfig,
+    check_options,
+    expect_delivery,
+    recovery_thread,
+)
 from ._check import number
 from ._check import store as check_store
 from .codec import check_arguments
@@ -133,6 +140,21 @@ class SagaActor(Actor[..., Any]):
         """Refuse arguments the journal cannot encode before anything is sent."""
         check_arguments(args, kwargs or {}, owner=f"actor {self.actor_name!r}")
         return super().message_with_options(args=args, kwargs=kwargs, **options)
+
+    def send_with_options(
+        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+        delay: timedelta | int | None = None, **options: Any,
+    ) -> Message[Any]:
+        """Send, then record the saga ``queued`` in the journal: should the broker
+        lose the message before a worker starts it, recovery sends it again."""
+        message = super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        if self.saga.claim_timeout is not None:
+            wait = delay.total_seconds() if isinstance(delay, timedelta) else (delay or 0) / 1000
+            expect_delivery(
+                self.saga.store, self.key_of(message), self.actor_name,
+                self._dispatch(message), within=self.saga.claim_timeout, after=wait,
+            )
+        return message
 
     def key_of(self, message: Any) -> str:
         """The execution a message belongs to."""
@@ -390,6 +412,7 @@ def saga_task(
     lock_ttl: float | None = None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     hooks: Hooks | None = None,
+    claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
     broker: Broker | None = None,
     actor_name: str | None = None,
     queue_name: str = "default",
@@ -402,10 +425,13 @@ def saga_task(
     The idempotency key is the message id, unless ``key(*args, **kwargs)`` derives
     a business key. ``store`` defaults to a RedisStore on the broker's Redis client
     when the broker is a RedisBroker. ``retry`` is the policy of steps that name
-    none. Other options are the actor's (``time_limit``, ``store_results``, ...).
+    none. A sent saga is recorded ``queued``; one no delivery has claimed
+    ``claim_timeout`` seconds after it was due is sent again by recovery (None: no
+    record). Other options are the actor's (``time_limit``, ``store_results``, ...).
     """
     check_options(key=key, retry=retry, hooks=hooks, store=store,
-                  max_deliveries=max_deliveries, lock_ttl=lock_ttl)
+                  max_deliveries=max_deliveries, lock_ttl=lock_ttl,
+                  claim_timeout=claim_timeout)
     if broker is not None and not isinstance(broker, Broker):
         raise TypeError(f"saga_task: broker must be a dramatiq Broker, got {broker!r}")
 
@@ -415,7 +441,7 @@ def saga_task(
         target = broker or dramatiq.get_broker()
         _middleware(target)
         config = SagaConfig(saga_fn, key, store or default_store(target), retry, lock_ttl,
-                            max_deliveries, hooks)
+                            max_deliveries, hooks, claim_timeout)
         options = dict(actor_options)
         if "throws" in target.actor_options:  # a failed saga is final: never retried
             options["throws"] = (*_exception_types(options.get("throws")), KompensaError)

@@ -52,6 +52,20 @@ class MemoryStore:
         self._recoveries: dict[str, int] = {}  # re-dispatches since the last claim
         self._mutex = threading.Lock()
 
+    def expect(self, key: str, *, saga: str, dispatch: bytes, within: float, at: float) -> bool:
+        now = self._clock.time()
+        with self._mutex:
+            if self._live_fields(key, now) is not None:
+                return False
+            self._journals[key] = {
+                "saga": saga.encode(), "fingerprint": b"", "status": b"queued",
+                "created_at": repr(at).encode(),
+                "updated_at": repr(at).encode(), "fence": b"0", "deliveries": b"0",
+                "stalled": b"0", "open": b"0", "cancel": b"0", "dispatch": dispatch,
+            }
+            self._held_back[key] = now + within  # due then, unless a delivery claims it
+            return True
+
     def claim(
         self,
         key: str,
@@ -80,6 +94,9 @@ class MemoryStore:
                     "cancel": b"0",
                 }
                 self._journals[key] = fields
+            if fields["status"] == b"queued":  # sent, and now delivered, with these
+                fields.update(status=b"running", saga=saga.encode(),
+                              fingerprint=fingerprint.encode())
             if fields["fingerprint"] != fingerprint.encode():
                 return Claim("conflict", execution_from_fields(key, fields))
             if fields["status"].decode() in TERMINAL:

@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 ExecutionStatus = Literal[
+    "queued",  # sent; no delivery has claimed it yet
     "running",
     "waiting",
     "succeeded",
@@ -42,7 +43,7 @@ TERMINAL: frozenset[str] = frozenset(
 )
 # compensation_failed waits for a person: it never expires.
 EXPIRING: frozenset[str] = TERMINAL - {"compensation_failed"}
-STATUSES: frozenset[str] = TERMINAL | {"running", "waiting", "compensating"}
+STATUSES: frozenset[str] = TERMINAL | {"queued", "running", "waiting", "compensating"}
 
 # retrying: an attempt failed, the next is due at retry_at (or has no attempt yet).
 StepStatus = Literal["retrying", "succeeded", "failed"]

@@ -39,7 +39,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("kompensa_workers.rq needs RQ: pip install 'kompensa-workers[rq]'") from exc
 
 from . import _tracing
-from ._adapter import SagaConfig, check_options, recovery_thread
+from ._adapter import (
+    DEFAULT_CLAIM_TIMEOUT,
+    SagaConfig,
+    check_options,
+    expect_delivery,
+    recovery_thread,
+)
 from .codec import check_arguments
 from .delivery import (
     DEFAULT_MAX_DELIVERIES,
@@ -99,7 +105,7 @@ class SagaJob:
         check_arguments(args, kwargs, owner=f"job {self.path!r}")
         self._check_importable()
         try:  # one job id is one job: enqueued again, it is the job that exists
-            return self.queue.enqueue_call(
+            job = self.queue.enqueue_call(
                 self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
                 at_front=at_front, unique=job_id is not None, **self.options,
             )
@@ -107,6 +113,12 @@ class SagaJob:
             assert job_id is not None
             return Job.fetch(job_id, connection=self.queue.connection,
                              serializer=self.queue.serializer)
+        # Recorded queued, so recovery sends it again should it be lost before a
+        # worker starts it (not a job waiting for another: it may wait for long).
+        if self.saga.claim_timeout is not None and self.queue.is_async and not depends_on:
+            expect_delivery(self.saga.store, self.key_of(job), self.path,
+                            self._dispatch(job, args, kwargs), within=self.saga.claim_timeout)
+        return job
 
     def _check_importable(self) -> None:
         """The worker imports the job function by path: it must find this object."""
@@ -262,6 +274,7 @@ def saga_task(
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     name: str | None = None,
     hooks: Hooks | None = None,
+    claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
     **job_options: Any,
 ) -> Callable[[SagaFunction], SagaJob]:
     """Decorate ``fn(saga, *args, **kwargs)`` into a saga job on ``queue``, like
@@ -270,7 +283,9 @@ def saga_task(
     The idempotency key is the job id, unless ``key(*args, **kwargs)`` derives a
     business key. ``store`` defaults to a RedisStore on the queue's Redis
     connection. ``retry`` is the policy of steps that name none. ``name`` is the
-    import path the worker finds the job at (default: where it is decorated).
+    import path the worker finds the job at (default: where it is decorated). A
+    saga job is recorded ``queued`` when enqueued; one no worker has started
+    ``claim_timeout`` seconds later is enqueued again by recovery (None: no record).
     Other options go to ``queue.enqueue_call`` (``timeout``, ``result_ttl``, ...).
     """
     if not isinstance(queue, Queue):
@@ -278,6 +293,7 @@ def saga_task(
         raise TypeError(f"saga_task: queue must be an rq.Queue, got {queue!r}{hint}")
     check_options(key=key, retry=retry, hooks=hooks, store=store,
                   max_deliveries=max_deliveries, lock_ttl=lock_ttl,
+                  claim_timeout=claim_timeout,
                   retry_hint=" (the step policy: kompensa_workers.Retry, not rq.Retry)")
     job_options = _job_options(job_options)
     journal = store or default_store(queue)
@@ -286,7 +302,8 @@ def saga_task(
         if not callable(fn):
             raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
         path = name or f"{_module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
-        config = SagaConfig(fn, key, journal, retry, lock_ttl, max_deliveries, hooks)
+        config = SagaConfig(fn, key, journal, retry, lock_ttl, max_deliveries, hooks,
+                            claim_timeout)
         return SagaJob(config, queue, path, dict(job_options))
 
     return decorator
@@ -375,8 +392,10 @@ def _requeue(queue: Queue, journal: Store, key: str, dispatch: Mapping[str, Any]
         )
         return True
     status = job.get_status()
-    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+    if status == JobStatus.QUEUED and _in_line(queue, job.id):
         return False  # on its way already
+    if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return False
     if status == JobStatus.STARTED:
         # Nothing renews its lease: its horse is dead (or stalled, and then fenced
         # off). A killed worker's record outlives it, so the lease is the evidence.
@@ -392,6 +411,13 @@ def _requeue(queue: Queue, journal: Store, key: str, dispatch: Mapping[str, Any]
     return True
 
 
+def _in_line(queue: Queue, job_id: str) -> bool:
+    """The job waits in its queue, or a worker has just taken it from there."""
+    connection = queue.connection
+    return any(connection.lpos(name, job_id) is not None
+               for name in (queue.key, queue.intermediate_queue_key))
+
+
 def _forget_executions(queue: Queue, job: Job, pipe: Any) -> None:
     """Drop a dead delivery's executions, so RQ's maintenance does not call the job
     enqueued again abandoned."""
@@ -400,18 +426,17 @@ def _forget_executions(queue: Queue, job: Job, pipe: Any) -> None:
 
 
 def _never_claimed(job: Job) -> SagaJob | None:
-    """The saga job ``job`` runs, if its execution has no journal record: the job
-    died between RQ taking it and its saga's first write (the lease cannot bring
-    it back: there is none)."""
+    """The saga job ``job`` runs, if no delivery ever claimed its execution (no
+    record, or only the one its enqueue made): the job died between RQ taking it
+    and its saga's first write (the lease cannot bring it back: there is none)."""
     saga_job = _import(job.func_name or "")
     if saga_job is None:
         return None
     try:
-        if saga_job.saga.store.get(saga_job.key_of(job)) is not None:
-            return None
+        execution = saga_job.saga.store.get(saga_job.key_of(job))
     except Exception:  # the journal is unreachable: let RQ have its way
         return None
-    return saga_job
+    return saga_job if execution is None or execution.status == "queued" else None
 
 
 def _enqueue_unclaimed(queue: Queue, job: Job, saga_job: SagaJob, why: str) -> bool:

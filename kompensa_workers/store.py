@@ -12,6 +12,10 @@ Every commit is refused with :class:`LeaseLost` unless the caller still holds th
 lease it was granted (same token, same fencing token, not expired). A commit resets
 ``stalled`` to 0; one that releases the lease or stretches it for a delayed retry is
 a hand-off, so the next claim knows the previous delivery did not die mid-way.
+
+The sender may add one call, outside the delivery: ``expect(key)`` records a saga
+it has just sent as ``queued``, so recovery sends it again should the broker lose
+the message before any delivery claims it.
 """
 
 from __future__ import annotations
@@ -103,6 +107,13 @@ class Store(Protocol):
 
     lock_ttl: float
     max_value_bytes: int
+
+    def expect(self, key: str, *, saga: str, dispatch: bytes, within: float, at: float) -> bool:
+        """A delivery of ``key`` was sent: record the execution ``queued`` (with
+        ``dispatch``, due for recovery ``within`` seconds from now) unless the journal
+        already holds it. False if it was known. The first claim starts it like a
+        new execution, with the arguments (fingerprint) the delivery carries."""
+        ...
 
     def claim(
         self,

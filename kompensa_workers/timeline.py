@@ -152,6 +152,9 @@ def styled(execution: Execution, *, now: float | None = None) -> list[Line]:
     ]
     if not execution.steps:
         lines.append(("  (none yet)", "note"))
+    if execution.status == "queued":
+        lines.append(("  sent; no delivery has claimed it yet (if none does in time, "
+                      "recovery sends it again)", "waiting"))
     rolling_back = execution.status in ("compensating", "compensation_failed")
     for record in execution.steps:
         lines.extend(_step_lines(record, rolling_back))

@@ -86,3 +86,8 @@ async def flaky_async_saga(saga: Any, order_id: str) -> str:
     await saga.step("reserve", sagas.effect, f"res-{order_id}", compensate=sagas.undo)
     return await saga.step(  # type: ignore[no-any-return]
         "charge", charge, retry=sagas.Retry(attempts=2, initial=0.3, jitter=False))
+
+
+def charge_only(saga: Any, order_id: str) -> str:
+    """One step; the lost-message tests bind it as ``lost_checkout``."""
+    return saga.step("charge", lambda: f"paid {order_id}")  # type: ignore[no-any-return]

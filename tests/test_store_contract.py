@@ -316,6 +316,50 @@ def test_dispatch_is_kept_and_take_due_holds_back_what_it_returns(store: Any) ->
     assert store.take_due(10, hold=0.2) == []
 
 
+def test_a_sent_saga_is_queued_until_a_delivery_claims_it(store: Any) -> None:
+    from kompensa_workers.codec import encode
+
+    sent = {"task": "shop.checkout", "id": "t-1", "args": ["42"], "kwargs": {}}
+
+    def expect(key: str = "k") -> bool:
+        return store.expect(key, saga="s", dispatch=encode(sent),  # type: ignore[no-any-return]
+                            within=0.3, at=time.time())
+
+    # Given a saga the sender has just sent,
+    assert expect() is True
+    queued = store.get("k")
+    assert (queued.status, queued.deliveries, queued.fence) == ("queued", 0, 0)
+    assert queued.dispatch == sent and not queued.terminal
+    assert expect() is False  # a second send of the same key changes nothing
+    # when no delivery claims it in time, recovery finds it due (the message is lost);
+    assert store.due() == []
+    time.sleep(0.35)
+    assert store.take_due(10, hold=0.2) == ["k"]
+    # a delivery that arrives starts it like a new execution,
+    granted = claim(store)
+    assert granted.state == "granted" and granted.execution is not None
+    assert granted.execution.status == "running"
+    assert [g.how for g in granted.execution.grants] == ["new"]
+    assert granted.execution.dispatch == sent
+    store.commit("k", granted.lease, write(step("a"), status="succeeded", result=b"\xa2ok"))
+    # and a send that comes after it ran is no news.
+    assert expect() is False and store.get("k").status == "succeeded"
+    assert store.due() == []
+
+
+def test_a_queued_execution_takes_the_arguments_its_first_delivery_brings(
+    store: Any,
+) -> None:
+    # (A broker's serializer may change them: a tuple arrives as a list.)
+    store.expect("k", saga="s", dispatch=b"\x80", within=60, at=time.time())
+    assert store.cancel("k") is True  # an operator may stop it before it starts
+    first = claim(store, fp="as delivered")
+    assert first.state == "granted" and first.execution is not None
+    assert first.execution.fingerprint == "as delivered"
+    store.release("k", first.lease)
+    assert claim(store, fp="other").state == "conflict"  # a different order, same key
+
+
 def test_the_default_retry_policy_applies_to_steps_that_name_none(store: Any) -> None:
     calls = {"n": 0}
 

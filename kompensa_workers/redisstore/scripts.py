@@ -6,8 +6,8 @@ from importlib import resources
 
 import redis
 
-NAMES = ("claim", "commit", "renew", "release", "cancel", "due", "take_due", "purge",
-         "reopen")
+NAMES = ("expect", "claim", "commit", "renew", "release", "cancel", "due", "take_due",
+         "purge", "reopen")
 
 
 def source(name: str) -> str:

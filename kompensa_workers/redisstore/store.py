@@ -107,6 +107,9 @@ class RedisStore:
 
     # -- the store protocol ------------------------------------------------------
 
+    def expect(self, key: str, *, saga: str, dispatch: bytes, within: float, at: float) -> bool:
+        return bool(self._script("expect", key, [key, saga, dispatch, _ms(within), repr(at)]))
+
     def claim(
         self,
         key: str,

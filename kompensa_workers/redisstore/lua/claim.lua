@@ -1,5 +1,6 @@
 -- claim: one round trip that starts or resumes a delivery.
--- Acquires the lease (or takes it over with the token the delayed delivery
+-- Creates the execution (or starts one recorded 'queued' when it was sent),
+-- acquires the lease (or takes it over with the token the delayed delivery
 -- presents), increments the fencing token and the delivery count, counts the
 -- previous grant as lost if it never handed off, checks the arguments'
 -- fingerprint, and returns the whole journal.
@@ -37,6 +38,9 @@ if redis.call('EXISTS', journal) == 0 then
   redis.call('HSET', journal, 'saga', saga, 'fingerprint', fingerprint,
              'status', 'running', 'created_at', ARGV[7], 'updated_at', ARGV[7],
              'fence', 0, 'deliveries', 0, 'stalled', 0, 'open', 0, 'cancel', 0)
+elseif not peek and redis.call('HGET', journal, 'status') == 'queued' then
+  -- sent, and now delivered: it starts with the arguments the delivery carries
+  redis.call('HSET', journal, 'status', 'running', 'saga', saga, 'fingerprint', fingerprint)
 end
 local head = redis.call('HMGET', journal, 'fingerprint', 'status', 'lease_token',
                         'lease_until', 'open')
