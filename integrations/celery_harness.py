@@ -48,6 +48,7 @@ class CeleryHarness:
                              task_default_queue=f"{self.queue}-unrouted")
         self.redis = redis.Redis.from_url(redis_url)
         self.store = RedisStore.from_url(redis_url, namespace=self.namespace)
+        self.senders: dict[tuple[str, float], Any] = {}
         self.workers: list[CeleryWorker] = []
 
     def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> CeleryWorker:
@@ -66,13 +67,18 @@ class CeleryHarness:
     def send_ordinary(self, tag: str) -> str:
         return str(self.app.send_task("kw.ordinary", args=[tag], queue=self.queue).id)
 
-    def send_recorded(self, saga: str, *args: Any, claim_timeout: float) -> str:
+    def send_recorded(self, saga: str, *args: Any, claim_timeout: float,
+                      message_id: str | None = None) -> str:
         """Send as the app does, through the saga task: recorded ``queued``."""
-        # shared=False: Celery would hand a shared task to apps made later (the next
-        # harness), bound to this one's journal.
-        task = saga_task(self.app, store=self.store, name=saga, claim_timeout=claim_timeout,
-                         shared=False)(_elsewhere)
-        return str(task.apply_async(args, queue=self.queue).id)
+        task = self.senders.get((saga, claim_timeout))
+        if task is None:
+            # shared=False: Celery would hand a shared task to apps made later (the
+            # next harness), bound to this one's journal.
+            task = self.senders[saga, claim_timeout] = saga_task(
+                self.app, store=self.store, name=saga, claim_timeout=claim_timeout,
+                shared=False,
+            )(_elsewhere)
+        return str(task.apply_async(args, queue=self.queue, task_id=message_id).id)
 
     def lose_waiting(self) -> None:
         """Drop every message waiting in the queue, as a broker that lost them."""

@@ -178,7 +178,10 @@ def test_a_celery_business_key_is_expected_under_that_key() -> None:
     sent = store.get("order-7")
     assert sent is not None and sent.status == "queued"
     assert sent.dispatch is not None and sent.dispatch["id"] == result.id
-    assert celery_queue(celery_app) == [result.id]
+    # a signature sends the same way (a chain's first task, a canvas)
+    other = checkout.s("8").apply_async(countdown=0)
+    assert store.get("order-8").dispatch["id"] == other.id  # type: ignore[union-attr]
+    assert celery_queue(celery_app) == [result.id, other.id]
 
 
 # -- RQ ---------------------------------------------------------------------------
