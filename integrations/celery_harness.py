@@ -15,7 +15,7 @@ from celery import Celery
 from kompensa_workers import RedisStore
 from kompensa_workers.celery import saga_task
 
-from .processes import ROOT, WorkerProcess, pause
+from .processes import ROOT, WorkerProcess, elsewhere, pause
 
 
 class CeleryWorker(WorkerProcess):
@@ -77,7 +77,7 @@ class CeleryHarness:
             task = self.senders[saga, claim_timeout] = saga_task(
                 self.app, store=self.store, name=saga, claim_timeout=claim_timeout,
                 shared=False,
-            )(_elsewhere)
+            )(elsewhere)
         return str(task.apply_async(args, queue=self.queue, task_id=message_id).id)
 
     def lose_waiting(self) -> None:
@@ -124,8 +124,3 @@ class CeleryHarness:
             with self.app.connection_for_write() as connection:
                 for queue in (self.queue, f"{self.queue}-unrouted"):
                     connection.default_channel.queue_delete(queue)
-
-
-def _elsewhere(saga: Any, *args: Any) -> None:
-    """The sender's stand-in for a saga the workers define."""
-    raise AssertionError("runs in the workers, not in the sender")

@@ -21,7 +21,7 @@ from dramatiq.results.backends import RedisBackend
 from kompensa_workers import RedisStore
 from kompensa_workers.dramatiq import saga_task
 
-from .processes import ROOT, WorkerProcess, pause, proc_stat
+from .processes import ROOT, WorkerProcess, elsewhere, pause, proc_stat
 
 
 class DramatiqWorker(WorkerProcess):
@@ -89,7 +89,7 @@ class DramatiqHarness:
     def send_recorded(self, saga: str, *args: Any, claim_timeout: float) -> str:
         """Send as the app does, through the saga actor: recorded ``queued``."""
         actor = saga_task(broker=self.broker, store=self.store, actor_name=saga,
-                          queue_name=self.queue, claim_timeout=claim_timeout)(_elsewhere)
+                          queue_name=self.queue, claim_timeout=claim_timeout)(elsewhere)
         message = actor.send(*args)
         self.sent[message.message_id] = message
         return str(message.message_id)
@@ -141,8 +141,3 @@ class DramatiqHarness:
                 with contextlib.suppress(Exception):
                     channel.queue_delete(queue)
         self.broker.close()
-
-
-def _elsewhere(saga: Any, *args: Any) -> None:
-    """The sender's stand-in for a saga the workers define."""
-    raise AssertionError("runs in the workers, not in the sender")

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +82,9 @@ def pause(pid: int, seconds: float) -> None:
     os.kill(pid, signal.SIGSTOP)
     time.sleep(seconds)
     os.kill(pid, signal.SIGCONT)
+
+
+def elsewhere(saga: Any, *args: Any) -> None:
+    """A sender's stand-in for a saga only the workers run (a harness declares a saga
+    task or actor with it to send as the app does)."""
+    raise AssertionError("runs in the workers, not in the sender")

@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .servers import redis_servers
+from .servers import RedisServer, redis_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,77 +72,60 @@ def test_examples_run() -> None:
     assert "charge was attempted 3 times, succeeded once" in consumer
 
 
-def test_celery_example_runs_with_a_real_worker() -> None:
-    # The example's own client: checkout.delay() through a real `celery worker`.
-    with redis_servers(1) as [server]:
-        env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "examples.celery_checkout", "worker",
-             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle",
-             "--without-gossip", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def run_example(
+    server: RedisServer, worker: list[str], example: str,
+    ready: Callable[[], bool] | None = None,
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Start the example's worker (``python -m`` + ``worker``) on ``server``, wait for
+    ``ready``, send orders 42 and declined-7 with the example's own client, stop the
+    worker; returns the client's run and the worker's log."""
+    env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", *worker],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while ready is not None and not ready():
+            assert time.monotonic() < deadline, f"the {worker[0]} worker did not start"
+            time.sleep(0.1)
+        sent = subprocess.run(
+            [sys.executable, "-m", f"examples.{example}", "42", "declined-7"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
         )
-        try:
-            sent = subprocess.run(
-                [sys.executable, "-m", "examples.celery_checkout", "42", "declined-7"],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
-            )
-        finally:
-            worker.terminate()
-            logs, _ = worker.communicate(timeout=30)
+    finally:
+        process.terminate()
+        logs, _ = process.communicate(timeout=30)
     assert sent.returncode == 0, sent.stderr + logs
     assert "42 -> {'charge': 'ch-42', 'parcel': 'parcel-42'}" in sent.stdout
     assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
     assert "released res-declined-7" in logs
+    return sent, logs
+
+
+def test_celery_example_runs_with_a_real_worker() -> None:
+    # The example's own client: checkout.delay() through a real `celery worker`.
+    with redis_servers(1) as [server]:
+        run_example(server, ["celery", "-A", "examples.celery_checkout", "worker",
+                             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle",
+                             "--without-gossip", "--without-heartbeat"], "celery_checkout")
 
 
 def test_dramatiq_example_runs_with_a_real_worker() -> None:
     with redis_servers(1) as [server]:
-        env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "examples.dramatiq_checkout",
-             "--processes", "1", "--threads", "2"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        try:
-            sent = subprocess.run(
-                [sys.executable, "-m", "examples.dramatiq_checkout", "42", "declined-7"],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
-            )
-        finally:
-            worker.terminate()
-            logs, _ = worker.communicate(timeout=30)
-    assert sent.returncode == 0, sent.stderr + logs
-    assert "42 -> {'charge': 'ch-42', 'parcel': 'parcel-42'}" in sent.stdout
-    assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
-    assert "released res-declined-7" in logs
+        _, logs = run_example(server, ["dramatiq", "examples.dramatiq_checkout",
+                                       "--processes", "1", "--threads", "2"],
+                              "dramatiq_checkout")
     assert "s in the broker" in logs  # the charge waited for its retry there
 
 
 def test_rq_example_runs_with_a_real_worker() -> None:
     with redis_servers(1) as [server]:
-        env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "rq.cli", "worker", "-u", server.url,
-             "-w", "kompensa_workers.rq.SagaWorker", "-S", "rq.serializers.JSONSerializer",
-             "--with-scheduler", "checkout"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        _, logs = run_example(
+            server, ["rq.cli", "worker", "-u", server.url, "-w", "kompensa_workers.rq.SagaWorker",
+                     "-S", "rq.serializers.JSONSerializer", "--with-scheduler", "checkout"],
+            "rq_checkout",
+            ready=lambda: bool(server.client().exists("rq:scheduler-lock:checkout")),
         )
-        try:
-            deadline = time.monotonic() + 30
-            while not server.client().exists("rq:scheduler-lock:checkout"):
-                assert time.monotonic() < deadline, "the rq worker did not start"
-                time.sleep(0.1)
-            sent = subprocess.run(
-                [sys.executable, "-m", "examples.rq_checkout", "42", "declined-7"],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
-            )
-        finally:
-            worker.terminate()
-            logs, _ = worker.communicate(timeout=30)
-    assert sent.returncode == 0, sent.stderr + logs
-    assert "42 -> {'charge': 'ch-42', 'parcel': 'parcel-42'}" in sent.stdout
-    assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
-    assert "released res-declined-7" in logs
     # The charge's retry waited in the scheduler: the same job ran a second time.
     assert logs.count("checkout: examples.rq_checkout.checkout('42')") == 2

@@ -14,8 +14,7 @@ import dramatiq
 import pytest
 from dramatiq import Message, Middleware
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.results import ResultFailure, Results
-from dramatiq.results.backends import StubBackend
+from dramatiq.results import ResultFailure
 
 from integrations import conformance
 from kompensa_workers import (
@@ -92,15 +91,6 @@ class Recorder(Middleware):  # type: ignore[misc]
 
     def after_enqueue(self, broker: Any, message: Message[Any], delay: int | None) -> None:
         self.sent.append((message, delay))
-
-
-@pytest.fixture
-def broker() -> Iterator[StubBroker]:
-    stub = StubBroker()
-    stub.add_middleware(Results(backend=StubBackend()))
-    stub.emit_after("process_boot")
-    yield stub
-    stub.close()
 
 
 def run_worker(broker: StubBroker, threads: int = 2) -> dramatiq.Worker:

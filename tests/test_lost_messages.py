@@ -5,7 +5,6 @@ records it ``queued`` in the journal, and recovery sends it again (same id) once
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -13,8 +12,6 @@ import fakeredis
 import pytest
 from celery import Celery
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.results import Results
-from dramatiq.results.backends import StubBackend
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -29,15 +26,6 @@ CLAIM = 0.2
 
 
 # -- Dramatiq ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker() -> Iterator[StubBroker]:
-    stub = StubBroker()
-    stub.add_middleware(Results(backend=StubBackend()))
-    stub.emit_after("process_boot")
-    yield stub
-    stub.close()
 
 
 def test_a_dramatiq_message_lost_before_any_worker_saw_it_is_sent_again(
