@@ -20,7 +20,7 @@ $(VENV)/.dev: $(VENV)/.core
 	@touch $@
 
 demo: $(VENV)/.core
-	$(BIN)/python -m kompensa_workers.demo $(ARGS)
+	$(BIN)/python -m kompensa_workers.ops.demo $(ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check kompensa_workers tests integrations examples scripts benchmarks

@@ -24,7 +24,7 @@ from integrations.dramatiq_harness import DramatiqWorker
 from integrations.processes import proc_stat, session_members
 from integrations.rq_harness import RQHarness, RQWorker
 from integrations.servers import RedisServer
-from kompensa_workers.redisstore.keys import index_key
+from kompensa_workers.stores.redis.keys import index_key
 
 from . import _brokers
 

@@ -31,7 +31,7 @@ import redis
 from integrations.servers import RedisServer, redis_servers
 from integrations.test_redis_round_trips import client_commands
 from kompensa_workers import MemoryStore, RedisStore, Saga, SagaRunner
-from kompensa_workers.store import Claim
+from kompensa_workers.stores.protocol import Claim
 
 from . import _report
 

@@ -19,7 +19,7 @@ from kompensa_workers import (
     current_step,
     deliver,
 )
-from kompensa_workers.redisstore.keys import lock_key
+from kompensa_workers.stores.redis.keys import lock_key
 
 from .servers import RedisServer, redis_servers
 

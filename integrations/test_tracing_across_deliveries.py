@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from kompensa_workers import RedisStore, Retry, Saga, TransientError, current_step
 from kompensa_workers.dramatiq import saga_task
-from kompensa_workers.otel import TracingHooks
+from kompensa_workers.ops.otel import TracingHooks
 
 from .conformance import wait_for
 from .servers import redis_servers

@@ -11,20 +11,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 # The saga API
-from .context import StepContext, current_step
+from ._core.context import StepContext, current_step
 from .flow import Flow, FlowContext
 from .retry import Retry
-from .saga import Saga
-from .step import Step
+from ._core.saga import Saga
+from ._core.step import Step
 
 # Running sagas
-from .delivery import Busy, Failed, Finished, Outcome, RetryLater, deliver
-from .runner import SagaRunner, run
+from ._driver.deliver import Busy, Failed, Finished, Outcome, RetryLater, deliver
+from ._driver.runner import SagaRunner, run
 
 # Journals
-from .memory import MemoryStore
-from .records import CompensationRecord, Execution, SagaFailure, StepRecord
-from .store import Store
+from .stores.memory import MemoryStore
+from ._core.records import CompensationRecord, Execution, SagaFailure, StepRecord
+from .stores.protocol import Store
 
 # Observability
 from .hooks import CompensationEvent, Hooks, SagaEvent, StepEvent
@@ -52,26 +52,34 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._async import AsyncSaga
-    from .redisstore import RedisStore
-    from .redisstore.redlock import Redlock
+    from ._core.aio import AsyncSaga
+    from .stores.redis import RedisStore
+    from .stores.redis.redlock import Redlock
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     if name == "AsyncSaga":  # loads asyncio only for async sagas
-        from ._async import AsyncSaga
+        from ._core.aio import AsyncSaga
 
         return AsyncSaga
     if name == "RedisStore":
-        from .redisstore import RedisStore
+        from .stores.redis import RedisStore
 
         return RedisStore
     if name == "Redlock":
-        from .redisstore.redlock import Redlock
+        from .stores.redis.redlock import Redlock
 
         return Redlock
+    if name == "otel":  # `from kompensa_workers import otel, metrics` (the extras)
+        from .ops import otel
+
+        return otel
+    if name == "metrics":
+        from .ops import metrics
+
+        return metrics
     raise AttributeError(f"module 'kompensa_workers' has no attribute {name!r}")
 
 __all__ = [

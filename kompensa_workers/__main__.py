@@ -12,10 +12,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        from .cli import run
+        from .ops.cli import run
     except ImportError as exc:
         if args[:1] == ["demo"]:
-            from .demo import main as demo
+            from .ops.demo import main as demo
 
             return demo(args[1:])
         print(f"kompensa-workers: {exc} (only `demo` works without it)", file=sys.stderr)

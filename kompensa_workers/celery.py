@@ -42,16 +42,16 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.celery needs Celery: pip install 'kompensa-workers[celery]'"
     ) from exc
 
-from . import _tracing
-from ._adapter import (
+from ._core.codec import check_arguments
+from ._driver import tracing as _tracing
+from ._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
     check_options,
     expect_delivery,
     recovery_thread,
     run_to_end,
 )
-from .codec import check_arguments
-from .delivery import (
+from ._driver.deliver import (
     DEFAULT_MAX_DELIVERIES,
     Busy,
     Failed,
@@ -64,7 +64,7 @@ from .errors import KompensaError, LeaseLost, StoreUnavailable
 from .flow import Flow
 from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
-from .store import Store
+from .stores.protocol import Store
 
 __all__ = ["SagaTask", "enable_recovery", "recover", "saga_task"]
 
@@ -341,7 +341,7 @@ def default_store(app: Celery) -> Store:
             f"kompensa_workers.celery: the app's broker is {scheme!r}, not Redis, so "
             "there is no journal to default to; pass store=RedisStore.from_url(...)"
         )
-    from .redisstore import RedisStore
+    from .stores.redis import RedisStore
 
     return RedisStore.from_url(first)
 

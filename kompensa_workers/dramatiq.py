@@ -55,18 +55,18 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.dramatiq needs Dramatiq: pip install 'kompensa-workers[dramatiq]'"
     ) from exc
 
-from . import _tracing
-from ._adapter import (
+from ._core.check import number
+from ._core.check import store as check_store
+from ._core.codec import check_arguments
+from ._driver import tracing as _tracing
+from ._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
     SagaConfig,
     check_options,
     expect_delivery,
     recovery_thread,
 )
-from ._check import number
-from ._check import store as check_store
-from .codec import check_arguments
-from .delivery import (
+from ._driver.deliver import (
     DEFAULT_MAX_DELIVERIES,
     Busy,
     Failed,
@@ -79,7 +79,7 @@ from .delivery import (
 from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
 from .hooks import Hooks, SagaEvent, dispatcher
 from .retry import Retry
-from .store import Store
+from .stores.protocol import Store
 
 __all__ = ["SagaActor", "SagaMiddleware", "enable_recovery", "recover", "saga_task"]
 
@@ -317,7 +317,7 @@ def _on_worker_loop(fn: Any) -> Iterator[None]:
     if loop_thread is None:
         yield
         return
-    from ._async import coroutine_runner
+    from ._core.aio import coroutine_runner
 
     token = coroutine_runner.set(loop_thread.run_coroutine)
     try:
@@ -471,7 +471,7 @@ def default_store(broker: Broker) -> Store:
             "RedisBroker, so there is no journal to default to; pass "
             "store=RedisStore.from_url(...)"
         )
-    from .redisstore import RedisStore
+    from .stores.redis import RedisStore
 
     # One journal per broker namespace: two apps on one Redis keep apart.
     suffix = "" if broker.namespace == "dramatiq" else f"-{broker.namespace}"

@@ -22,7 +22,7 @@ The tree::
      └── StoredError             a journaled error whose type is not importable here
 
 Control-flow signals the engine uses internally derive from ``BaseException``
-and live in :mod:`kompensa_workers._signals`; user code never sees them.
+and live in :mod:`kompensa_workers._core.signals`; user code never sees them.
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def _as_data(error: BaseException | None) -> dict[str, Any] | None:
     """An exception as JSON-safe data (what a result backend can carry)."""
     if error is None:
         return None
-    from .failures import ErrorInfo  # failures imports this module
+    from ._core.failures import ErrorInfo  # failures imports this module
 
     info = ErrorInfo.capture(error)
     data: dict[str, Any] = {"type": info.type_name, "message": info.message}
@@ -330,7 +330,7 @@ def _as_exception(value: BaseException | Mapping[str, Any] | None) -> BaseExcept
     """Accept an exception, or the data :func:`_as_data` made of one."""
     if value is None or isinstance(value, BaseException):
         return value
-    from .failures import ErrorInfo
+    from ._core.failures import ErrorInfo
 
     if isinstance(value, Mapping) and isinstance(value.get("type"), str):
         args = value.get("args")

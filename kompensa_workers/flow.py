@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from ._core.saga import Saga
+from ._core.step import Step
 from .errors import DuplicateStepName
 from .retry import Retry
-from .saga import Saga
-from .step import Step
 
 __all__ = ["Flow", "FlowContext"]
 

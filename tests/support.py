@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kompensa_workers.records import Execution
-from kompensa_workers.store import Claim, JournalWrite, Lease, Store
+from kompensa_workers._core.records import Execution
+from kompensa_workers.stores.protocol import Claim, JournalWrite, Lease, Store
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from kompensa_workers.attempt import call_attempt
+from kompensa_workers._core.attempt import call_attempt
 from kompensa_workers.errors import StepTimeout
 
 
@@ -71,7 +71,7 @@ def test_a_process_forked_while_the_lease_keeper_was_busy_keeps_leases() -> None
     # Given a fork taken while the lease keeper's lock is held (its thread was
     # renewing), the child must still be able to hold a lease of its own.
     from kompensa_workers import MemoryStore, Saga, SagaRunner
-    from kompensa_workers.lease import keeper
+    from kompensa_workers.stores.heartbeat import keeper
 
     def saga(s: Saga) -> str:
         return s.step("slow", spin, 0.6)  # type: ignore[no-any-return]

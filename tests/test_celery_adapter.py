@@ -226,7 +226,7 @@ def test_a_saga_that_retried_through_the_broker_is_one_trace() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from kompensa_workers.otel import TracingHooks
+    from kompensa_workers.ops.otel import TracingHooks
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

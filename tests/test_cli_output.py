@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kompensa_workers.cli import duration, emit, redact, run
+from kompensa_workers.ops.cli import duration, emit, redact, run
 
 
 def test_passwords_never_reach_the_output() -> None:

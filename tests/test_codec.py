@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kompensa_workers import SerializationError
-from kompensa_workers.codec import decode, encode, fingerprint
+from kompensa_workers._core.codec import decode, encode, fingerprint
 
 scalars = (
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()

@@ -27,8 +27,8 @@ from kompensa_workers import (
     Step,
     TransientError,
 )
-from kompensa_workers.records import TERMINAL, Execution, StepRecord
-from kompensa_workers.store import STEP_PREFIX, JournalWrite, Lease
+from kompensa_workers._core.records import TERMINAL, Execution, StepRecord
+from kompensa_workers.stores.protocol import STEP_PREFIX, JournalWrite, Lease
 from kompensa_workers.testing import FakeClock
 
 from .support import Crash, CrashingStore, Ledger

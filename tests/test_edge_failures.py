@@ -27,8 +27,8 @@ from kompensa_workers import (
     TransientError,
     deliver,
 )
-from kompensa_workers.failures import ErrorInfo
-from kompensa_workers.store import JournalWrite, Lease
+from kompensa_workers._core.failures import ErrorInfo
+from kompensa_workers.stores.protocol import JournalWrite, Lease
 from kompensa_workers.testing import FakeClock
 
 from .support import Ledger

@@ -25,7 +25,7 @@ from kompensa_workers import (
     StoredError,
     StoreUnavailable,
 )
-from kompensa_workers.failures import ErrorInfo
+from kompensa_workers._core.failures import ErrorInfo
 
 ERRORS: list[KompensaError] = [
     StepTimeout("charge", 2.5),

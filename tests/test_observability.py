@@ -25,11 +25,11 @@ from kompensa_workers import (
     current_step,
     deliver,
 )
+from kompensa_workers._core.codec import encode, fingerprint
 from kompensa_workers.celery import recover
-from kompensa_workers.codec import encode, fingerprint
 from kompensa_workers.hooks import install, uninstall
-from kompensa_workers.metrics import MetricsHooks
-from kompensa_workers.otel import TracingHooks
+from kompensa_workers.ops.metrics import MetricsHooks
+from kompensa_workers.ops.otel import TracingHooks
 from kompensa_workers.testing import FakeClock
 
 

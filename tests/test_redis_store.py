@@ -18,8 +18,8 @@ from kompensa_workers import (
     StoreUnavailable,
     deliver,
 )
-from kompensa_workers.redisstore.keys import journal_key
-from kompensa_workers.store import JournalWrite
+from kompensa_workers.stores.protocol import JournalWrite
+from kompensa_workers.stores.redis.keys import journal_key
 
 
 def fake() -> tuple[fakeredis.FakeServer, fakeredis.FakeStrictRedis]:
@@ -153,7 +153,7 @@ def test_a_retried_write_that_had_landed_is_acknowledged_not_refused() -> None:
 def test_redis_error_replies_are_told_apart(reply: str, kind: str) -> None:
     import redis
 
-    from kompensa_workers.redisstore.store import _classify
+    from kompensa_workers.stores.redis.store import _classify
 
     assert _classify(redis.ResponseError(reply)) == kind
 

@@ -28,9 +28,9 @@ from kompensa_workers import (
     SagaFailed,
     SerializationError,
 )
-from kompensa_workers.codec import encode
+from kompensa_workers._core.codec import encode
 from kompensa_workers.hooks import install, uninstall
-from kompensa_workers.otel import TracingHooks
+from kompensa_workers.ops.otel import TracingHooks
 from kompensa_workers.rq import (
     TOKEN_META,
     SagaWorker,

@@ -18,8 +18,8 @@ from kompensa_workers import (
     SerializationError,
     TransientError,
 )
-from kompensa_workers.records import StepRecord
-from kompensa_workers.store import Claim, JournalWrite, Lease
+from kompensa_workers._core.records import StepRecord
+from kompensa_workers.stores.protocol import Claim, JournalWrite, Lease
 
 from .stores import STORE_KINDS, make_store
 
@@ -233,7 +233,7 @@ def test_a_step_longer_than_the_lease_keeps_it_through_the_heartbeat(store: Any)
 def steal_lease(store: Any, key: str) -> None:
     """Another holder appears (as after a partition): the lease is no longer ours."""
     from kompensa_workers import MemoryStore
-    from kompensa_workers.redisstore.keys import journal_key
+    from kompensa_workers.stores.redis.keys import journal_key
 
     if isinstance(store, MemoryStore):
         store._leases[key].token = "someone-else"
@@ -293,7 +293,7 @@ def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not(store: Any
 
 
 def test_dispatch_is_kept_and_take_due_holds_back_what_it_returns(store: Any) -> None:
-    from kompensa_workers.codec import encode
+    from kompensa_workers._core.codec import encode
 
     sent = {"task": "shop.checkout", "id": "t-1", "args": ["42"], "kwargs": {}}
     store.claim("k", saga="s", fingerprint="fp", lease_token=None, lock_ttl=TTL,
@@ -317,7 +317,7 @@ def test_dispatch_is_kept_and_take_due_holds_back_what_it_returns(store: Any) ->
 
 
 def test_a_sent_saga_is_queued_until_a_delivery_claims_it(store: Any) -> None:
-    from kompensa_workers.codec import encode
+    from kompensa_workers._core.codec import encode
 
     sent = {"task": "shop.checkout", "id": "t-1", "args": ["42"], "kwargs": {}}
 

@@ -18,7 +18,7 @@ from kompensa_workers import (
     StepTimeout,
     deliver,
 )
-from kompensa_workers.store import JournalWrite, Lease
+from kompensa_workers.stores.protocol import JournalWrite, Lease
 
 from .support import Ledger
 

@@ -1,0 +1,373 @@
+"""The sync shell: one delivery of one execution, running steps against the journal.
+
+Decisions come from :class:`~kompensa_workers._core.journal.Journal`; this module calls
+user code, writes records through the store, and raises the engine's signals. It
+never sleeps: a step that must wait raises :class:`Suspend` and the driver turns it
+into ``RetryLater``. Parallel groups live in :mod:`.parallel`, rollback in
+:mod:`.rollback`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    KompensaError,
+    LeaseLost,
+    NonDeterminismError,
+    SerializationError,
+    StepFailed,
+)
+from ..hooks import HookDispatcher, StepEvent
+from ..retry import DEFAULT_COMPENSATION_RETRY, NO_RETRY, Retry
+from ..stores.protocol import JournalWrite, Lease, Store
+from .attempt import call_attempt
+from .clock import Clock
+from .context import StepContext, _current
+from .journal import Journal, Replay, Reraise, Wait
+from .records import Execution, ExecutionStatus, SagaFailure, StepRecord
+from .signals import (
+    Abort,
+    CancelRequested,
+    Diverged,
+    EngineSignal,
+    StopReplay,
+    StoreFailed,
+    Suspend,
+)
+from .step import Step
+
+Undo = tuple[Callable[[Any], Any], Retry]
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The step returned; ``result`` is as replay will see it."""
+
+    result: Any
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The step failed and its next attempt is due in ``delay`` s (not yet written)."""
+
+    record: StepRecord
+    delay: float
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """The step failed for good (already written)."""
+
+    error: StepFailed
+
+
+Outcome = Succeeded | Waiting | GaveUp
+
+
+@dataclass
+class StopFlags:
+    """The ``cancelled`` flags of a parallel group's running children (fail-fast)."""
+
+    stopped: threading.Event = field(default_factory=threading.Event)
+    flags: set[threading.Event] = field(default_factory=set)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        with self.mutex:
+            self.stopped.set()
+            for flag in self.flags:
+                flag.set()
+
+
+class ExecutionRun:
+    """One delivery holding the lease of one execution."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        lease: Lease,
+        execution: Execution,
+        hooks: HookDispatcher,
+        clock: Clock,
+        default_retry: Retry | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.key = execution.key
+        self.deadline = deadline  # time.monotonic() by which this delivery hands off
+        self.default_retry = default_retry or NO_RETRY
+        self.store = store
+        self.lease = lease
+        self.hooks = hooks
+        self.clock = clock
+        self.journal = Journal(execution)
+        self.status: ExecutionStatus = execution.status
+        self.rolling_back = False
+        self.cancel_requested = execution.cancel_requested
+        self.lease_lost = False
+        self._undo: dict[str, Undo] = {}
+        self._flags: set[threading.Event] = set()
+        self._flags_mutex = threading.Lock()
+
+    # -- signals from outside (lease keeper, commits) --------------------------
+
+    def request_cancel(self) -> None:
+        """Cancel asked: stop before the next step; running steps see ``cancelled``."""
+        self.cancel_requested = True
+        self._set_flags()
+
+    def lose_lease(self) -> None:
+        """A newer holder exists: running steps see ``cancelled``; writes are refused."""
+        self.lease_lost = True
+        self._set_flags()
+
+    def _set_flags(self) -> None:
+        with self._flags_mutex:
+            for flag in self._flags:
+                flag.set()
+
+    # -- journal writes --------------------------------------------------------
+
+    def commit(
+        self,
+        *records: StepRecord,
+        status: ExecutionStatus | None = None,
+        result: bytes | None = None,
+        failure: SagaFailure | None = None,
+        lease_ttl: float | None = None,
+        release: bool = False,
+    ) -> None:
+        """One fenced write. A refused write aborts the delivery; a store that
+        cannot be reached ends it too, leaving the execution to resume later."""
+        if self.lease_lost:  # the heartbeat learned it first: write nothing more
+            raise Abort(LeaseLost(self.key, "the heartbeat found it lost"))
+        write = JournalWrite.build(
+            self.clock.time(), *records, status=status, result=result,
+            failure=failure, lease_ttl=lease_ttl, release=release,
+        )
+        try:
+            cancel = self.store.commit(self.key, self.lease, write)
+        except LeaseLost as exc:
+            self.lose_lease()
+            raise Abort(exc) from exc
+        except Exception as exc:
+            raise StoreFailed(exc) from exc
+        self.journal.apply(*records)
+        if status is not None:
+            self.status = status
+        if cancel and not self.cancel_requested:
+            self.request_cancel()
+
+    def release(self) -> None:
+        """The delivery dies here (KeyboardInterrupt, SystemExit): free the lease
+        at once, recording nothing, so it counts exactly as a crash would."""
+        with contextlib.suppress(Exception):
+            self.store.release(self.key, self.lease)
+
+    def wait_for_retry(self, *records: StepRecord, delay: float) -> Suspend:
+        """Record failed attempts, hold the lease across the delay, and suspend."""
+        status: ExecutionStatus = "compensating" if self.status == "compensating" else "waiting"
+        self.commit(*records, status=status, lease_ttl=delay + self.lease.ttl)
+        return Suspend(delay)
+
+    # -- forward ---------------------------------------------------------------
+
+    def check_forward(self) -> None:
+        """Raise the signal that stops forward progress, if any."""
+        if self.lease_lost:
+            raise Abort(LeaseLost(self.key))
+        if self.rolling_back:
+            raise StopReplay()
+        if self.cancel_requested:
+            raise CancelRequested()
+        self.check_time()
+
+    def check_time(self) -> None:
+        """Past the delivery's time limit no new step or compensation starts: the
+        execution is handed to a fresh delivery (RetryLater after 0 s)."""
+        if self.out_of_time():
+            raise self.wait_for_retry(delay=0.0)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def step(self, spec: Step) -> Any:
+        """``saga.step``: replay, re-raise, wait, or run the step."""
+        refuse_nesting(spec.name)
+        try:
+            position, record = self.journal.enter_step(spec.name)
+        except NonDeterminismError as exc:
+            raise Diverged(exc) from None
+        plan = self.journal.plan(record, self.clock.time())
+        if isinstance(plan, Replay):
+            self.remember(spec)
+            return plan.result
+        if isinstance(plan, Reraise):
+            raise plan.error
+        self.check_forward()
+        if isinstance(plan, Wait):  # delivered early: hand off again, wait the rest
+            raise self.wait_for_retry(delay=plan.delay)
+        base = record or new_record(spec, position)
+        outcome = self.attempts(spec, base, plan.attempt, None)
+        if isinstance(outcome, Waiting):
+            raise self.wait_for_retry(outcome.record, delay=outcome.delay)
+        if isinstance(outcome, GaveUp):
+            raise outcome.error
+        self.remember(spec)
+        return outcome.result
+
+    def attempts(
+        self, spec: Step, base: StepRecord, attempt: int, group: StopFlags | None
+    ) -> Outcome:
+        """Attempts of one step until it succeeds, gives up, or must wait."""
+        policy = spec.retry or self.default_retry
+        while True:
+            ctx = self.context(spec.name, attempt)
+            self.watch(ctx.cancelled, group)
+            self.hooks.on_step_start(StepEvent(self.key, spec.name, attempt))
+            started_at, started = self.clock.time(), time.monotonic()
+            try:
+                value = self.call(ctx, spec.fn, spec.args, spec.kwargs, spec.timeout)
+            except Exception as exc:
+                duration = time.monotonic() - started
+                self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration, exc))
+                record, delay = self.journal.failed(
+                    base, attempt, exc, policy, started_at=started_at, now=self.clock.time()
+                )
+                if delay is None:
+                    self.commit(record)
+                    return GaveUp(step_failed(spec.name, attempt, exc))
+                self.hooks.on_step_retry(
+                    StepEvent(self.key, spec.name, attempt, duration, exc, delay)
+                )
+                if delay > 0 or (group and group.stopped.is_set()) or self.out_of_time():
+                    return Waiting(record, delay)
+                self.commit(record)
+                base, attempt = record, attempt + 1
+                continue
+            except EngineSignal:
+                raise
+            except BaseException as exc:
+                self.hooks.on_step_end(
+                    StepEvent(self.key, spec.name, attempt, time.monotonic() - started, exc)
+                )
+                if group is None:
+                    self.release()
+                else:  # siblings still run: the group releases once they are done
+                    group.stop()
+                raise
+            finally:
+                self.unwatch(ctx.cancelled, group)
+            duration = time.monotonic() - started
+            try:
+                record, value = self.journal.succeeded(
+                    base, attempt, value, started_at=started_at, now=self.clock.time(),
+                    max_bytes=self.store.max_value_bytes,
+                )
+            except SerializationError as exc:
+                record, _ = self.journal.failed(
+                    base, attempt, exc, NO_RETRY, started_at=started_at, now=self.clock.time()
+                )
+                self.commit(record)
+                self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration, exc))
+                return GaveUp(step_failed(spec.name, attempt, exc))
+            self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration))
+            self.commit(record, status=None if self.status == "running" else "running")
+            return Succeeded(value)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def remember(self, spec: Step) -> None:
+        """Keep the compensation of a step that completed (now or earlier)."""
+        if spec.compensate is not None:
+            policy = spec.compensate_retry or DEFAULT_COMPENSATION_RETRY
+            self._undo[spec.name] = (spec.compensate, policy)
+
+    def undo_for(self, name: str) -> Undo | None:
+        """The compensation and its policy for step ``name``, if it was seen."""
+        return self._undo.get(name)
+
+    def context(self, name: str, attempt: int, compensating: bool = False) -> StepContext:
+        suffix = ":compensate" if compensating else ""
+        return StepContext(
+            key=self.key,
+            name=name,
+            attempt=attempt,
+            idempotency_key=f"{self.key}:{name}{suffix}",
+            fencing_token=self.lease.fence,
+            compensating=compensating,
+        )
+
+    def call(
+        self,
+        ctx: StepContext,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Run user code as ``ctx`` (``current_step()`` inside it)."""
+        if self.lease_lost or (self.cancel_requested and not ctx.compensating):
+            ctx.cancelled.set()
+        if self.deadline is not None:  # an attempt ends with the delivery's time
+            left = max(self.deadline - time.monotonic(), 0.0)
+            timeout = left if timeout is None else min(timeout, left)
+        context = contextvars.copy_context()
+        context.run(_current.set, ctx)
+        return call_attempt(
+            context, fn, args, kwargs, step=ctx.name, timeout=timeout,
+            cancelled=ctx.cancelled,
+        )
+
+    def watch(self, flag: threading.Event, group: StopFlags | None) -> None:
+        with self._flags_mutex:
+            self._flags.add(flag)
+        if group is not None:
+            with group.mutex:
+                group.flags.add(flag)
+                if group.stopped.is_set():
+                    flag.set()
+
+    def unwatch(self, flag: threading.Event, group: StopFlags | None) -> None:
+        with self._flags_mutex:
+            self._flags.discard(flag)
+        if group is not None:
+            with group.mutex:
+                group.flags.discard(flag)
+
+
+def new_record(
+    spec: Step, position: int, parent: str | None = None, index: int = 0
+) -> StepRecord:
+    """The record of a step that has no attempt journaled yet."""
+    return StepRecord(
+        name=spec.name,
+        position=position,
+        status="retrying",
+        attempts=0,
+        parent=parent,
+        index=index,
+        has_compensation=spec.compensate is not None,
+    )
+
+
+def step_failed(step: str, attempts: int, cause: BaseException) -> StepFailed:
+    error = StepFailed(step, attempts, cause)
+    error.__cause__ = cause
+    return error
+
+
+def refuse_nesting(name: str) -> None:
+    running = _current.get()
+    if running is not None:
+        raise KompensaError(
+            f"step {name!r} was called from inside step {running.name!r}; steps "
+            "cannot be nested (call it from the saga function instead)"
+        )

@@ -1,0 +1,350 @@
+"""RedisStore: the store protocol on Redis (redis-py), one Lua call per operation."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
+
+from ..._core.check import count, instance, number
+from ..._core.records import Execution
+from ...errors import KompensaError, LeaseLost, SerializationError, StoreUnavailable
+from ..protocol import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Claim,
+    JournalWrite,
+    Lease,
+    execution_from_fields,
+)
+from .keys import (
+    index_key,
+    journal_key,
+    journal_key_name,
+    lock_key,
+    recovered_key,
+    validate_namespace,
+)
+from .redlock import Redlock
+from .scripts import register
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+# Errors worth waiting out: the server restarts, loads its data, or fails over.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+
+
+class RedisStore:
+    """Journal and lease of every execution in Redis.
+
+    ``client`` must return bytes (``decode_responses=False``, redis-py's default).
+    ``lock_ttl`` is the lease length, ``retention`` how long finished executions
+    are kept (``compensation_failed`` ones are kept until resolved), ``lock`` a
+    :class:`Redlock` over independent masters (default: the lease lives in the
+    journal hash, on ``client``). A write that meets a connection error is retried
+    for up to ``write_timeout`` seconds (default half the lease) before
+    :class:`StoreUnavailable` ends the delivery; the execution then resumes later.
+    The client's own retries and socket timeouts add to that bound (``from_url``
+    turns the former off).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = "kompensa",
+        lock_ttl: float = 30.0,
+        retention: float = 7 * 86400.0,
+        lock: Redlock | None = None,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        write_timeout: float | None = None,
+    ) -> None:
+        if not isinstance(client, redis.Redis):
+            raise TypeError(
+                f"RedisStore: client must be a redis.Redis, got {client!r}; for a URL "
+                "use RedisStore.from_url(url)"
+            )
+        instance("RedisStore", "lock", lock, Redlock, "build one with Redlock.from_urls")
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError(
+                "RedisStore needs a client with decode_responses=False: journal "
+                "values are binary msgpack"
+            )
+        number("RedisStore", "lock_ttl", lock_ttl, inclusive=False)
+        number("RedisStore", "retention", retention, inclusive=False)
+        count("RedisStore", "max_value_bytes", max_value_bytes)
+        if write_timeout is not None:
+            number("RedisStore", "write_timeout", write_timeout)
+        self.client = client
+        self.namespace = validate_namespace(namespace)
+        self.lock_ttl = float(lock_ttl)
+        self.retention = float(retention)
+        self.lock = lock
+        self.max_value_bytes = max_value_bytes
+        self.write_timeout = lock_ttl / 2 if write_timeout is None else write_timeout
+        self._scripts = register(client)
+        self._index = index_key(self.namespace)
+        self._recovered = recovered_key(self.namespace)
+
+    @classmethod
+    def from_url(cls, url: str, *, socket_timeout: float = 5.0, **options: Any) -> RedisStore:
+        """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``.
+
+        The client does no retrying of its own: the store's ``write_timeout`` is
+        then the one bound on how long a write waits for Redis to come back.
+        """
+        client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            retry=RedisRetry(NoBackoff(), 0),
+        )
+        return cls(client, **options)
+
+    # -- the store protocol ------------------------------------------------------
+
+    def expect(self, key: str, *, saga: str, dispatch: bytes, within: float, at: float) -> bool:
+        return bool(self._script("expect", key, [key, saga, dispatch, _ms(within), repr(at)]))
+
+    def claim(
+        self,
+        key: str,
+        *,
+        saga: str,
+        fingerprint: str,
+        lease_token: str | None,
+        lock_ttl: float,
+        at: float,
+        dispatch: bytes | None = None,
+    ) -> Claim:
+        token = secrets.token_hex(16)
+        ttl, forced = lock_ttl, "0"
+        if self.lock is not None:
+            grant = self.lock.acquire(
+                lock_key(self.namespace, key), token, lock_ttl, presented=lease_token
+            )
+            # Refused: the journal says why (busy for how long, ended, conflicting).
+            ttl, forced = (lock_ttl, "peek") if grant is None else (grant.validity, "1")
+        reply = self._script(
+            "claim", key,
+            [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
+             dispatch or b""],
+            extra_keys=[self._recovered],
+        )
+        state = reply[0].decode()
+        if state == "busy":
+            return Claim("busy", retry_after=int(reply[1]) / 1000)
+        execution = execution_from_fields(key, _fields(key, reply[2]))
+        if state != "granted":
+            if self.lock is not None:
+                self.lock.release(lock_key(self.namespace, key), token)
+            return Claim(state, execution)
+        return Claim("granted", execution, Lease(token, execution.fence, lock_ttl))
+
+    def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
+        pairs: list[str | bytes] = []
+        for field, value in (
+            *write.steps.items(), ("result", write.result), ("error", write.failure)
+        ):
+            if value is not None:
+                pairs += [field, value]
+        reply = self._script("commit", key, [
+            key, lease.token, lease.fence, secrets.token_hex(8), write.status or "",
+            repr(write.at), "" if write.lease_ttl is None else _ms(write.lease_ttl),
+            "1" if write.release else "0", _ms(self.retention), *pairs,
+        ])
+        if reply[0] == 0:
+            raise LeaseLost(key, reply[1].decode())
+        if self.lock is not None:  # the journal write decided; the locks follow it
+            resource = lock_key(self.namespace, key)
+            if write.release:
+                self.lock.release(resource, lease.token)
+            elif write.lease_ttl is not None:
+                self.lock.extend(resource, lease.token, write.lease_ttl)
+        return bool(reply[1] == b"1")
+
+    def renew(self, key: str, lease: Lease, at: float) -> bool:
+        # extend() raises StoreUnavailable when too few masters answer to tell:
+        # that is not a loss, and the heartbeat simply tries again.
+        if self.lock is not None and not self.lock.extend(
+            lock_key(self.namespace, key), lease.token, lease.ttl
+        ):
+            raise LeaseLost(key, "a majority of lock masters no longer hold our token")
+        reply = self._script("renew", key, [key, lease.token, lease.fence, _ms(lease.ttl)])
+        if reply[0] == 0:
+            raise LeaseLost(key, reply[1].decode())
+        return bool(reply[1] == b"1")
+
+    def release(self, key: str, lease: Lease) -> None:
+        self._script("release", key, [key, lease.token])
+        if self.lock is not None:
+            self.lock.release(lock_key(self.namespace, key), lease.token)
+
+    def get(self, key: str) -> Execution | None:
+        fields = self._retrying(
+            lambda: self.client.hgetall(journal_key(self.namespace, key)), key
+        )
+        return execution_from_fields(key, _fields(key, fields)) if fields else None
+
+    def cancel(self, key: str) -> bool:
+        return bool(self._script("cancel", key, [], index=False))
+
+    # -- recovery ----------------------------------------------------------------
+
+    def due(self, limit: int = 100) -> list[str]:
+        """Non-terminal executions whose lease deadline has passed, oldest first."""
+        keys = self._retrying(
+            lambda: self._scripts["due"](keys=[self._index], args=[limit]), "index"
+        )
+        return [k.decode() for k in keys]
+
+    def take_due(self, limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
+        keys = self._retrying(
+            lambda: self._scripts["take_due"](
+                keys=[self._index, self._recovered], args=[limit, _ms(hold), _ms(max_hold)]
+            ),
+            "index",
+        )
+        return [k.decode() for k in keys]
+
+    # -- operations ----------------------------------------------------------------
+
+    def keys(self) -> Iterator[str]:
+        """Every execution in the namespace (SCAN: no long block on a big Redis)."""
+        pattern = _glob_escape(self.namespace) + ":{*}:journal"
+        start = len(self.namespace) + 2
+        for name in self.client.scan_iter(match=pattern, count=500):
+            yield journal_key_name(name.decode()[start:-len("}:journal")])
+
+    def get_many(self, keys: Sequence[str]) -> list[Execution | SerializationError | None]:
+        """``get`` of many executions in one round trip per 500 (for listings); a
+        corrupt record comes back as its SerializationError, not raised."""
+        found: list[Execution | SerializationError | None] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+
+            def read(chunk: Sequence[str] = chunk) -> list[Any]:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for key in chunk:
+                        pipe.hgetall(journal_key(self.namespace, key))
+                    return pipe.execute()
+
+            for key, fields in zip(chunk, self._retrying(read, "listing"), strict=True):
+                try:
+                    found.append(
+                        execution_from_fields(key, _fields(key, fields)) if fields else None
+                    )
+                except SerializationError as exc:
+                    found.append(exc)
+        return found
+
+    def purge(self, key: str) -> bool:
+        deleted = self._script("purge", key, [key], extra_keys=[self._recovered])
+        if deleted == -1:
+            raise ValueError(f"execution {key!r} has not ended; cancel it before purging it")
+        return bool(deleted)
+
+    def reopen(self, key: str, write: JournalWrite) -> bool:
+        if write.status is None:
+            raise ValueError("reopen: the write must set a status")
+        pairs: list[str | bytes] = []
+        for field, value in (*write.steps.items(), ("error", write.failure)):
+            if value is not None:
+                pairs += [field, value]
+        return bool(self._script("reopen", key, [
+            key, write.status, repr(write.at), _ms(self.retention), *pairs,
+        ]))
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _script(
+        self,
+        name: str,
+        key: str,
+        args: Sequence[Any],
+        *,
+        index: bool = True,
+        extra_keys: Sequence[str] = (),
+    ) -> Any:
+        keys = [journal_key(self.namespace, key)]
+        if index:
+            keys.append(self._index)
+        keys.extend(extra_keys)
+        return self._retrying(lambda: self._scripts[name](keys=keys, args=list(args)), key)
+
+    def _retrying(self, call: Callable[[], T], key: str) -> T:
+        """``call()``, retried through connection errors for ``write_timeout`` s."""
+        deadline = time.monotonic() + self.write_timeout
+        pause = 0.05
+        while True:
+            try:
+                return call()
+            except (*_TRANSIENT, redis.ResponseError) as exc:
+                kind = "transient" if isinstance(exc, _TRANSIENT) else _classify(exc)
+                if kind == "transient":
+                    if time.monotonic() + pause > deadline:
+                        raise StoreUnavailable(key, self.write_timeout, exc) from exc
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                if kind == "cluster":
+                    raise KompensaError(
+                        f"RedisStore needs a standalone or Sentinel-managed Redis; this "
+                        f"server is a Cluster node ({exc})"
+                    ) from exc
+                if kind == "corrupt":
+                    raise SerializationError(
+                        f"journal record of {key!r} is corrupt or not ours ({exc}); "
+                        "refusing to start it afresh"
+                    ) from exc
+                raise
+
+
+# Redis error replies: the server is busy or degraded and may recover...
+_TRANSIENT_ERRORS = (
+    redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+_TRANSIENT_REPLIES = ("OOM", "MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
+                      "NOREPLICAS", "LOADING", "command not allowed when used memory")
+# ...the keys are not where a standalone server would have them...
+_CLUSTER_REPLIES = ("CROSSSLOT", "MOVED", "ASK", "Keys in request don't hash",
+                    "all keys must map to the same key slot")
+# ...or what is stored is not what our scripts wrote (a Lua runtime error on data).
+_CORRUPT_REPLIES = ("WRONGTYPE", "not an integer", "attempt to ", "bad argument")
+
+
+def _classify(exc: redis.ResponseError) -> str:
+    text = str(exc)
+    if isinstance(exc, _TRANSIENT_ERRORS) or any(m in text for m in _TRANSIENT_REPLIES):
+        return "transient"
+    if any(marker in text for marker in _CLUSTER_REPLIES):
+        return "cluster"
+    if any(marker in text for marker in _CORRUPT_REPLIES):
+        return "corrupt"
+    return "other"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _fields(key: str, flat: Any) -> dict[str, bytes]:
+    """A field map from HGETALL's reply (a flat list from Lua, a dict from redis-py)."""
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    try:
+        return {name.decode(): value for name, value in pairs}
+    except UnicodeDecodeError as exc:
+        raise SerializationError(
+            f"journal record of {key!r} is corrupt: a field name is not UTF-8 ({exc}); "
+            "refusing to start it afresh"
+        ) from exc
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
