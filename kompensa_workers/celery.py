@@ -1,22 +1,24 @@
 """Celery adapter: ``saga_task(app)`` makes a saga function a Celery task.
 
-Each delivery is one call to :func:`kompensa_workers.deliver`; this module only
-turns its outcome into Celery's terms::
+Each delivery is one :meth:`SagaBinding.deliver`; this module only turns its action
+into Celery's terms::
 
-    Finished(result)          the task returns ``result`` (SUCCESS)
-    Failed(error)             the task raises SagaFailed / CompensationFailed /
+    Return(result)            the task returns ``result`` (SUCCESS)
+    Raise(error)              the task raises SagaFailed / CompensationFailed /
                               SagaCancelled (FAILURE; the error survives JSON)
-    RetryLater(delay, token)  the same task id is sent again with a countdown and
+    SendAgain(waits=True)     the same task id is sent again with a countdown and
                               the lease token in a header; this one ends as RETRY
-    Busy(after)               the duplicate is sent again with a countdown, no
-                              token, and this one ends without touching the state
+    SendAgain (a deferral)    the same, no token; this one ends without touching
+                              the state
 
 Saga tasks run with ``acks_late``, ``reject_on_worker_lost`` and
 ``acks_on_timeout=False``: a message whose worker died, or was killed by a hard time
-limit, comes back. ``recover(app)`` (or :func:`enable_recovery` inside the worker)
-re-sends executions whose message never came back, with the options they were sent
-with. Revoking a saga's task cancels the execution: it is rolled back under a new
-task id (the revoked one would be discarded).
+limit, comes back. The task's soft/hard time limit bounds each delivery: no step
+starts past it, and a step attempt running into it ends as a StepTimeout a little
+before Celery would interrupt or kill the child. ``recover(app)`` (or
+:func:`enable_recovery` inside the worker) re-sends executions whose message never
+came back, with the options they were sent with. Revoking a saga's task cancels the
+execution: it is rolled back under a new task id (the revoked one is discarded).
 """
 
 from __future__ import annotations
@@ -42,27 +44,26 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.celery needs Celery: pip install 'kompensa-workers[celery]'"
     ) from exc
 
-from ._core.codec import check_arguments
-from ._driver import tracing as _tracing
+from ._driver import tracing
 from ._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
-    check_options,
-    expect_delivery,
+    Dispatch,
+    Raise,
+    Return,
+    SagaBinding,
+    SagaOptions,
+    SendAgain,
+    check_recovery,
+    journals,
+    recover_due,
     recovery_thread,
-    run_to_end,
+    redis_journal,
+    saga_label,
 )
-from ._driver.deliver import (
-    DEFAULT_MAX_DELIVERIES,
-    Busy,
-    Failed,
-    Finished,
-    RetryLater,
-    deliver,
-    saga_name,
-)
-from .errors import KompensaError, LeaseLost, StoreUnavailable
+from ._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget, saga_name
+from .errors import KompensaError
 from .flow import Flow
-from .hooks import Hooks, SagaEvent, dispatcher
+from .hooks import Hooks
 from .retry import Retry
 from .stores.protocol import Store
 
@@ -80,22 +81,14 @@ RESEND_OPTIONS = (
     "soft_time_limit", "headers", "reply_to", "shadow", "ignore_result",
 )
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-SagaFunction = Callable[..., Any]
 # Task.apply_async's parameters after args and kwargs, when given by position.
 APPLY_ASYNC_POSITIONAL = ("task_id", "producer", "link", "link_error", "shadow")
 
 
 class SagaTask(Task):  # type: ignore[misc]
-    """Base class of saga tasks; ``saga_task`` fills in the class attributes."""
+    """Base class of saga tasks; ``saga_task`` sets :attr:`saga`."""
 
-    saga: SagaFunction
-    saga_key: Callable[..., str] | None = None
-    saga_store: Store | None = None
-    saga_retry: Retry | None = None
-    saga_lock_ttl: float | None = None
-    saga_max_deliveries: int = DEFAULT_MAX_DELIVERIES
-    saga_hooks: Hooks | None = None
-    saga_claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT
+    saga: SagaBinding
     acks_late = True
     reject_on_worker_lost = True
     acks_on_timeout = False  # a hard time limit kills the child: bring the message back
@@ -107,7 +100,7 @@ class SagaTask(Task):  # type: ignore[misc]
         """Refuse arguments the journal cannot encode before anything is sent; then
         send, and record the saga ``queued`` in the journal: should the broker lose
         the message before a worker starts it, recovery sends it again."""
-        check_arguments(args or (), kwargs or {}, owner=f"task {self.name!r}")
+        self.saga.check_arguments(args, kwargs)
         if len(more) > len(APPLY_ASYNC_POSITIONAL):
             raise TypeError(f"apply_async takes at most {2 + len(APPLY_ASYNC_POSITIONAL)} "
                             f"positional arguments, got {2 + len(more)}")
@@ -115,67 +108,63 @@ class SagaTask(Task):  # type: ignore[misc]
         first_send = not (
             options.get("retries") or KEY_HEADER in (options.get("headers") or {})
         )  # a re-send of a delivery (a retry, a deferral, a rollback) is no news
-        if (self.saga_claim_timeout is None or not first_send
+        if (self.saga.options.claim_timeout is None or not first_send
                 or self.app.conf.task_always_eager):
             return super().apply_async(args, kwargs, **options)
-        journal = self.journal()  # no journal to be had: an error, and nothing sent
+        self.saga.store  # noqa: B018 - no journal to be had: an error, and nothing sent
         task_id = options["task_id"] = options.get("task_id") or uuid()
         result = super().apply_async(args, kwargs, **options)
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
-        key = self.saga_key(*args, **kwargs) if self.saga_key else task_id
-        dispatch = {
-            "broker": "celery", "task": self.name, "id": task_id, "args": list(args),
-            "kwargs": kwargs, "options": _resend_options(options),
-        }
-        expect_delivery(journal, key, self.name, dispatch,
-                        within=self.saga_claim_timeout, after=_countdown(options))
+        self.saga.expect(
+            Dispatch("celery", self.name, task_id, tuple(args or ()), dict(kwargs or {}),
+                     _resend_options(options)),
+            after=_countdown(options),
+        )
         return result
-
-    def journal(self) -> Store:
-        """The store, resolved on first use (in the worker child, after fork)."""
-        if self.saga_store is None:
-            type(self).saga_store = default_store(self.app)
-        assert self.saga_store is not None
-        return self.saga_store
 
     def run_saga(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One delivery of the saga, translated into Celery's outcome."""
         request = self.request
-        if request.called_directly or request.is_eager:
-            return self._run_in_process(args, kwargs)
+        if request.called_directly or request.is_eager:  # no message id when called directly
+            key = self.key_of(request, args, kwargs) if request.id else None
+            return self.saga.run_to_end(args, kwargs, key=key)
         key = self.key_of(request, args, kwargs)
-        trace = _tracing.enter(request.get(_tracing.KEY))
-        try:
-            outcome = deliver(
-                type(self).saga, args, kwargs, key=key, store=self.journal(),
-                lease_token=request.get(TOKEN_HEADER), lock_ttl=self.saga_lock_ttl,
-                max_deliveries=self.saga_max_deliveries, retry=self.saga_retry,
-                dispatch=self._dispatch(args, kwargs), name=self.name, hooks=self.saga_hooks,
-            )
-        except LeaseLost:
-            # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
-            # again, this message is deferred (Busy) or answered from the journal.
-            logger.warning("%s[%s]: lease lost mid-delivery; sent again", self.name, key)
-            self._send_again(1.0, None)
-            raise Ignore() from None
-        except StoreUnavailable:
-            logger.warning("%s[%s]: journal unreachable; sent again", self.name, key)
-            self._send_again(min(self.journal().lock_ttl, 5.0), None)
-            raise Ignore() from None
-        finally:
-            _tracing.leave(trace)
-        if isinstance(outcome, (Finished, Failed)) and outcome.cached and key == request.id:
+        action = self.saga.deliver(
+            args, kwargs, key=key, lease_token=request.get(TOKEN_HEADER),
+            trace=request.get(tracing.KEY), time_limit=self._time_budget(),
+            dispatch=self._dispatch(args, kwargs),
+        )
+        if isinstance(action, (Return, Raise)) and action.cached and key == request.id:
             self._leave_reporting_to_the_finisher()
-        if isinstance(outcome, Finished):
-            return outcome.result
-        if isinstance(outcome, Failed):
-            raise outcome.error
-        if isinstance(outcome, RetryLater):
-            self._send_again(outcome.delay, outcome.lease_token)
-            raise CeleryRetry(f"waiting {outcome.delay:.3g}s in the broker", when=outcome.delay)
-        assert isinstance(outcome, Busy)
-        self._send_again(outcome.after, None)
+        if isinstance(action, Return):
+            return action.result
+        if isinstance(action, Raise):
+            raise action.error
+        self._send_again(action)
+        if action.waits:
+            raise CeleryRetry(action.why, when=action.delay)
         raise Ignore()
+
+    def key_of(self, request: Any, args: Any, kwargs: Any) -> str:
+        """The execution a delivery belongs to."""
+        forced = request.get(KEY_HEADER)
+        return str(forced) if forced else self.saga.key_of(args, kwargs, request.id)
+
+    def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Dispatch:
+        """How recovery sends this delivery again: Celery's own routing of a retry
+        (queue, exchange), and the chain, callbacks, limits and headers it carried."""
+        options = self.signature_from_request(self.request, args, kwargs).options
+        return Dispatch("celery", self.name, self.request.id, args, kwargs,
+                        _resend_options(options))
+
+    def _time_budget(self) -> float | None:
+        """Seconds this delivery may run: the soft or hard time limit in force
+        (the message's, else the task's), less a margin."""
+        hard, soft = self.request.timelimit or (None, None)
+        limits = [
+            float(limit) for limit in (hard or self.time_limit, soft or self.soft_time_limit)
+            if isinstance(limit, (int, float)) and limit > 0
+        ]
+        return delivery_budget(min(limits)) if limits else None
 
     def _leave_reporting_to_the_finisher(self) -> None:
         """A duplicate of this task id found the saga ended: the delivery that ended
@@ -187,58 +176,30 @@ class SagaTask(Task):  # type: ignore[misc]
             raise Ignore()
         waited = int(self.request.get(REPORT_WAIT_HEADER) or 0)
         if waited < 3:
-            self._send_again(1.0, None, {REPORT_WAIT_HEADER: waited + 1})
+            self._send_again(SendAgain(1.0, None, "waiting for the finisher's report"),
+                             {REPORT_WAIT_HEADER: waited + 1})
             raise Ignore()
 
-    def key_of(self, request: Any, args: Any, kwargs: Any) -> str:
-        """The execution a delivery belongs to."""
-        forced = request.get(KEY_HEADER)
-        if forced:
-            return str(forced)
-        return self.saga_key(*args, **kwargs) if self.saga_key else str(request.id)
-
-    def _send_again(
-        self, countdown: float, lease_token: str | None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
+    def _send_again(self, action: SendAgain, extra: Mapping[str, Any] | None = None) -> None:
         """The same task id, later, with the options and headers it came with (not
         its absolute ``expires``: a half-done saga must not expire). If the broker
         refuses it, this message goes back to the queue instead of being lost."""
         request = self.request
         headers = _without_token(request.headers)
-        if lease_token:
-            headers[TOKEN_HEADER] = lease_token
-        trace = _tracing.carry(request.get(_tracing.KEY))
+        if action.lease_token:
+            headers[TOKEN_HEADER] = action.lease_token
+        trace = action.trace or tracing.carry(request.get(tracing.KEY))
         if trace:
-            headers[_tracing.KEY] = trace
+            headers[tracing.KEY] = trace
         headers.update(extra or {})
         again = self.signature_from_request(
-            request, countdown=max(countdown, 0.0), headers=headers,
+            request, countdown=max(action.delay, 0.0), headers=headers,
             retries=request.retries + 1, expires=None,
         )
         try:
             again.apply_async()
         except Exception as exc:
             raise Reject(exc, requeue=True) from exc
-
-    def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """How recovery sends this delivery again: Celery's own routing of a retry
-        (queue, exchange), and the chain, callbacks, limits and headers it carried."""
-        options = self.signature_from_request(self.request, args, kwargs).options
-        return {
-            "broker": "celery", "task": self.name, "id": self.request.id,
-            "args": list(args), "kwargs": kwargs, "options": _resend_options(options),
-        }
-
-    def _run_in_process(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``task_always_eager`` / a direct call: run to the end here, sleeping
-        through retry delays like the in-process runner."""
-        return run_to_end(
-            type(self).saga, args, kwargs, key=self.key_of(self.request, args, kwargs),
-            name=self.name, store=self.journal(), retry=self.saga_retry,
-            lock_ttl=self.saga_lock_ttl, max_deliveries=self.saga_max_deliveries,
-            hooks=self.saga_hooks,
-        )
 
 
 def _resend_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,22 +259,19 @@ def saga_task(
     due is sent again by recovery (None: no record). Other options go to
     ``app.task`` (``name``, ``queue``, ``time_limit``, ...).
     """
-
     if not isinstance(app, Celery):
         hint = " (write @saga_task(app), not @saga_task)" if callable(app) else ""
         raise TypeError(f"saga_task: app must be a Celery app, got {app!r}{hint}")
-    check_options(key=key, retry=retry, hooks=hooks, store=store,
-                  max_deliveries=max_deliveries, lock_ttl=lock_ttl,
-                  claim_timeout=claim_timeout)
+    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout)
 
     def decorator(fn: SagaFunction) -> SagaTask:
-        if not callable(fn):
-            raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
-        label = getattr(fn, "__name__", None) or saga_name(fn)
+        label = saga_label(fn)
         name = task_options.pop("name", None) or (
             saga_name(fn) if isinstance(fn, Flow)
             else app.gen_task_name(label, getattr(fn, "__module__", None) or "__main__")
         )
+        binding = SagaBinding(fn, options, name=name, broker="celery", kind="task",
+                              default_store=lambda: default_store(app))
 
         def run(self: SagaTask, *args: Any, **kwargs: Any) -> Any:
             return self.run_saga(args, kwargs)
@@ -321,11 +279,7 @@ def saga_task(
         run.__name__ = run.__qualname__ = re.sub(r"\W", "_", label) or "saga"
         run.__doc__ = getattr(fn, "__doc__", None)
         return app.task(  # type: ignore[no-any-return]
-            bind=True, base=SagaTask, name=name, typing=False,
-            saga=staticmethod(fn), saga_key=staticmethod(key) if key else None,
-            saga_store=store, saga_retry=retry, saga_lock_ttl=lock_ttl,
-            saga_max_deliveries=max_deliveries, saga_hooks=hooks,
-            saga_claim_timeout=claim_timeout, **task_options,
+            bind=True, base=SagaTask, name=name, typing=False, saga=binding, **task_options,
         )(run)
 
     return decorator
@@ -341,30 +295,26 @@ def default_store(app: Celery) -> Store:
             f"kompensa_workers.celery: the app's broker is {scheme!r}, not Redis, so "
             "there is no journal to default to; pass store=RedisStore.from_url(...)"
         )
-    from .stores.redis import RedisStore
-
-    return RedisStore.from_url(first)
+    return redis_journal(url=first)
 
 
 def recover(app: Celery, store: Store | None = None, *, limit: int = 100) -> int:
     """Send again the executions whose lease expired and whose message never came
-    back (a worker killed with its messages unacknowledged). Returns how many."""
-    journal = store or default_store(app)
-    sent = 0
-    for key in journal.take_due(limit, hold=journal.lock_ttl):
-        execution = journal.get(key)
-        dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
-        if not dispatch or dispatch.get("broker") != "celery":
-            continue
-        app.send_task(
-            dispatch["task"], args=dispatch["args"], kwargs=dispatch["kwargs"],
-            task_id=dispatch["id"], **dict(dispatch.get("options") or {}),
-        )
-        assert execution is not None
-        dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
-        logger.info("recovered %s[%s] as task %s", dispatch["task"], key, dispatch["id"])
-        sent += 1
-    return sent
+    back (a worker killed with its messages unacknowledged). Returns how many.
+
+    ``store`` defaults to the journals of the app's saga tasks (else the app's
+    Redis broker)."""
+    stores = [store] if store is not None else journals(
+        (t.saga for t in list(app.tasks.values()) if isinstance(t, SagaTask)),
+        lambda: default_store(app),
+    )
+
+    def send(dispatch: Dispatch, key: str, journal: Store) -> bool:
+        app.send_task(dispatch.name, args=list(dispatch.args), kwargs=dict(dispatch.kwargs),
+                      task_id=dispatch.id, **dict(dispatch.options))
+        return True
+
+    return recover_due(stores, "celery", send, limit=limit)
 
 
 def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -375,7 +325,7 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     args, kwargs = list(request.args or ()), dict(request.kwargs or {})
     key = sender.key_of(request, args, kwargs)
     try:
-        if sender.journal().cancel(key):
+        if sender.saga.store.cancel(key):
             headers = _without_token(request.headers)
             sender.signature_from_request(  # routed like the revoked message
                 request, args, kwargs, task_id=uuid(), expires=None,
@@ -393,6 +343,7 @@ def enable_recovery(
     app: Celery, store: Store | None = None, *, interval: float = 5.0
 ) -> None:
     """Run :func:`recover` every ``interval`` seconds in the worker's main process."""
+    check_recovery(store, interval)
     stops: list[threading.Event] = []
 
     def start(sender: Any = None, **_: Any) -> None:

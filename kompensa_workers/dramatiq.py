@@ -1,17 +1,16 @@
 """Dramatiq adapter: ``saga_task()`` makes a saga function a Dramatiq actor.
 
-Each delivery is one call to :func:`kompensa_workers.deliver`; this module only
-turns its outcome into Dramatiq's terms::
+Each delivery is one :meth:`SagaBinding.deliver`; this module only turns its action
+into Dramatiq's terms::
 
-    Finished(result)          the actor returns ``result`` (Results stores it,
+    Return(result)            the actor returns ``result`` (Results stores it,
                               pipelines and ``on_success`` fire)
-    Failed(error)             the message is failed (dead-lettered) with SagaFailed /
+    Raise(error)              the message is failed (dead-lettered) with SagaFailed /
                               CompensationFailed / SagaCancelled; Dramatiq's Retries
                               never retries it
-    RetryLater(delay, token)  the same message id is enqueued with ``delay`` and the
-                              lease token in its options; this delivery ends quietly
-    Busy(after)               the duplicate is enqueued again with ``after``, no
-                              token; this delivery ends quietly
+    SendAgain                 the same message id is enqueued with the delay (and
+                              the lease token, when a step waits, in its options);
+                              this delivery ends quietly
 
 "Quietly" means the message is acknowledged with nothing reported: no result is
 stored, no pipeline, callback or group barrier fires (the delivery that ends the
@@ -24,13 +23,12 @@ executions whose worker died and whose message never came back.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -55,29 +53,26 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "kompensa_workers.dramatiq needs Dramatiq: pip install 'kompensa-workers[dramatiq]'"
     ) from exc
 
-from ._core.check import number
-from ._core.check import store as check_store
-from ._core.codec import check_arguments
-from ._driver import tracing as _tracing
+from ._driver import tracing
 from ._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
-    SagaConfig,
-    check_options,
-    expect_delivery,
+    Dispatch,
+    Raise,
+    Return,
+    SagaBinding,
+    SagaOptions,
+    SendAgain,
+    check_recovery,
+    coroutines_run_by,
+    journals,
+    recover_due,
     recovery_thread,
+    redis_journal,
+    saga_label,
 )
-from ._driver.deliver import (
-    DEFAULT_MAX_DELIVERIES,
-    Busy,
-    Failed,
-    Finished,
-    RetryLater,
-    deliver,
-    delivery_budget,
-    saga_name,
-)
-from .errors import KompensaError, LeaseLost, NonDeterminismError, StoreUnavailable
-from .hooks import Hooks, SagaEvent, dispatcher
+from ._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget, saga_name
+from .errors import KompensaError
+from .hooks import Hooks
 from .retry import Retry
 from .stores.protocol import Store
 
@@ -94,7 +89,6 @@ TRANSIENT_OPTIONS = frozenset({
 })
 # The errors a failed saga ends with, by the name Dramatiq's Results keeps.
 SAGA_ERRORS = frozenset({"SagaFailed", "CompensationFailed", "SagaCancelled"})
-SagaFunction = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QuietSkips())
 class SagaActor(Actor[..., Any]):
     """An actor whose every delivery runs a saga through the journal."""
 
-    def __init__(self, saga: SagaConfig, fn: SagaFunction, **actor: Any) -> None:
+    def __init__(self, saga: SagaBinding, fn: SagaFunction, **actor: Any) -> None:
         self.saga = saga
         super().__init__(fn, **actor)
 
@@ -138,7 +132,7 @@ class SagaActor(Actor[..., Any]):
         **options: Any,
     ) -> Message[Any]:
         """Refuse arguments the journal cannot encode before anything is sent."""
-        check_arguments(args, kwargs or {}, owner=f"actor {self.actor_name!r}")
+        self.saga.check_arguments(args, kwargs)
         return super().message_with_options(args=args, kwargs=kwargs, **options)
 
     def send_with_options(
@@ -148,84 +142,50 @@ class SagaActor(Actor[..., Any]):
         """Send, then record the saga ``queued`` in the journal: should the broker
         lose the message before a worker starts it, recovery sends it again."""
         message = super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
-        if self.saga.claim_timeout is not None:
-            wait = delay.total_seconds() if isinstance(delay, timedelta) else (delay or 0) / 1000
-            expect_delivery(
-                self.saga.store, self.key_of(message), self.actor_name,
-                self._dispatch(message), within=self.saga.claim_timeout, after=wait,
-            )
+        wait = delay.total_seconds() if isinstance(delay, timedelta) else (delay or 0) / 1000
+        self.saga.expect(_dispatch(message), after=wait)
         return message
 
     def key_of(self, message: Any) -> str:
         """The execution a message belongs to."""
-        if self.saga.key is not None:
-            return self.saga.key(*message.args, **message.kwargs)
-        return str(message.message_id)
+        return self.saga.key_of(message.args, message.kwargs, message.message_id)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         delivery = _state.delivery
         if delivery is None or delivery.message.actor_name != self.actor_name:
-            return self.saga.run_to_end(args, kwargs, name=self.actor_name)
-        return self._deliver(delivery)
-
-    def _deliver(self, delivery: _Delivery) -> Any:
+            return self.saga.run_to_end(args, kwargs)
         message = delivery.message
-        key = self.key_of(message)
         budget = None
         if delivery.budget is not None:
             budget = max(delivery.budget - (time.monotonic() - delivery.started), 0.001)
-        trace = _tracing.enter(message.options.get(_tracing.KEY))
-        try:
-            with _on_worker_loop(self.saga.fn):
-                outcome = deliver(
-                    self.saga.fn, message.args, message.kwargs, key=key,
-                    store=self.saga.store, lease_token=message.options.get(TOKEN_OPTION),
-                    lock_ttl=self.saga.lock_ttl, max_deliveries=self.saga.max_deliveries,
-                    retry=self.saga.retry, dispatch=self._dispatch(message),
-                    name=self.actor_name, time_limit=budget, hooks=self.saga.hooks,
-                )
-        except LeaseLost:
-            # Perhaps a newer delivery holds it; perhaps the lease just lapsed. Sent
-            # again, this message is deferred (Busy) or answered from the journal.
-            self._send_again(message, 1.0)
-            raise self._quiet_end(message, key, "lease lost mid-delivery; sent again") from None
-        except StoreUnavailable:
-            self._send_again(message, min(self.saga.store.lock_ttl, 5.0))
-            raise self._quiet_end(message, key, "journal unreachable; sent again") from None
-        except NonDeterminismError as exc:
-            # The code changed under a running execution: nothing was written. Try
-            # again once the lease lapses (a rolled-back deploy resumes it; after
-            # max_deliveries such deliveries it fails as poison and rolls back).
-            logger.error("%s[%s]: %s; sent again in %ss", self.actor_name, key, exc,
-                         self.saga.store.lock_ttl)
-            self._send_again(message, self.saga.store.lock_ttl)
-            raise self._quiet_end(message, key, "replay diverged; sent again") from None
-        finally:
-            _tracing.leave(trace)
-        if (
-            isinstance(outcome, (Finished, Failed)) and outcome.cached
-            and not self._should_report(message, key)
-        ):
-            raise self._quiet_end(message, key, "already ended and reported")
-        if isinstance(outcome, Finished):
-            return outcome.result
-        if isinstance(outcome, Failed):
+        # An async saga runs on the AsyncIO middleware's loop when the worker has one
+        # (as Dramatiq's own async actors do), where the app's clients live.
+        loop = get_event_loop_thread() if inspect.iscoroutinefunction(self.saga.fn) else None
+        with coroutines_run_by(loop.run_coroutine if loop is not None else None):
+            action = self.saga.deliver(
+                tuple(message.args), message.kwargs, dispatch=_dispatch(message),
+                key=self.key_of(message), lease_token=message.options.get(TOKEN_OPTION),
+                trace=message.options.get(tracing.KEY), time_limit=budget,
+            )
+        if isinstance(action, SendAgain):
+            self._send_again(message, action)
+            raise _quiet_end(message, action.why)
+        if action.cached and not self._should_report(message):
+            logger.info("%s[%s]: already ended and reported", self.actor_name, self.key_of(message))
+            raise _quiet_end(message, "already ended and reported")
+        if isinstance(action, Raise):
             message.fail()  # dead-lettered, whatever the Retries settings
-            raise outcome.error
-        if isinstance(outcome, RetryLater):
-            self._send_again(message, outcome.delay, token=outcome.lease_token)
-            raise self._quiet_end(message, key, f"waiting {outcome.delay:.3g}s in the broker")
-        assert isinstance(outcome, Busy)
-        self._send_again(message, outcome.after)
-        raise self._quiet_end(message, key, "another delivery holds it; deferred")
+            raise action.error
+        assert isinstance(action, Return)
+        return action.result
 
-    def _should_report(self, message: Any, key: str) -> bool:
+    def _should_report(self, message: Any) -> bool:
         """This delivery found the saga ended and ran nothing. Report the outcome
         only if no delivery of this message id did: not when this is a copy the
         adapter enqueued and a delivery of the same message id ended the saga, and
         not when the result backend already holds it. Unsure, report (at least once)."""
         if message.options.get(RESENT_OPTION):
-            execution = self.saga.store.get(key)
+            execution = self.saga.store.get(self.key_of(message))
             ended_by = (execution.dispatch or {}).get("id") if execution else None
             if ended_by == message.message_id:
                 return False
@@ -240,41 +200,23 @@ class SagaActor(Actor[..., Any]):
             return False
         return False
 
-    def _send_again(self, message: Any, delay: float, *, token: str | None = None) -> None:
+    def _send_again(self, message: Any, action: SendAgain) -> None:
         """The same message id, later, with the options it came with. If the broker
         refuses it the error propagates: Dramatiq's Retries sends the message again
         (and :func:`recover` would find the execution once its lease expires)."""
         options = _lasting_options(message.options)
         options[RESENT_OPTION] = True
-        if token:
-            options[TOKEN_OPTION] = token
-        trace = _tracing.carry(message.options.get(_tracing.KEY))
-        if trace:
-            options[_tracing.KEY] = trace
+        if action.lease_token:
+            options[TOKEN_OPTION] = action.lease_token
+        if action.trace:
+            options[tracing.KEY] = action.trace
         again: Message[Any] = Message(
             queue_name=q_name(message.queue_name), actor_name=message.actor_name,
             args=tuple(message.args), kwargs=dict(message.kwargs), options=options,
             message_id=message.message_id,
             message_timestamp=current_millis(),  # a half-done saga must not age out
         )
-        milliseconds = math.ceil(max(delay, 0.0) * 1000)
-        self.broker.enqueue(again, delay=milliseconds or None)
-
-    def _quiet_end(self, message: Any, key: str, what: str) -> SkipMessage:
-        """End this delivery acknowledged, reporting nothing (raise the result)."""
-        logger.info("%s[%s]: %s", self.actor_name, key, what)
-        message.options["store_results"] = False  # this delivery, not the one sent
-        _state.quiet = True
-        return SkipMessage(what)
-
-    def _dispatch(self, message: Any) -> dict[str, Any]:
-        """How recovery enqueues this delivery again."""
-        return {
-            "broker": "dramatiq", "actor": self.actor_name,
-            "queue": q_name(message.queue_name), "id": message.message_id,
-            "args": list(message.args), "kwargs": dict(message.kwargs),
-            "options": _lasting_options(message.options),
-        }
+        self.broker.enqueue(again, delay=math.ceil(max(action.delay, 0.0) * 1000) or None)
 
     def get_saga_result(
         self, message: Message[Any], *, block: bool = False, timeout: int | None = None,
@@ -301,29 +243,26 @@ class SagaActor(Actor[..., Any]):
             except ResultFailure as failure:
                 if failure.orig_exc_type not in SAGA_ERRORS:
                     raise  # refused before it ran (IdempotencyConflict, ...)
-                execution = self.saga.store.get(self.key_of(message))
-                error = execution.exception() if execution is not None else None
+                error = self.saga.ended_error(self.key_of(message))
                 if error is None:
                     raise
                 raise error from None
 
 
-@contextlib.contextmanager
-def _on_worker_loop(fn: Any) -> Iterator[None]:
-    """An ``async def`` saga runs on the AsyncIO middleware's event loop when the
-    worker has one (as Dramatiq's own async actors do), so it can await the clients
-    the app keeps there; without the middleware it gets a loop of its own."""
-    loop_thread = get_event_loop_thread() if inspect.iscoroutinefunction(fn) else None
-    if loop_thread is None:
-        yield
-        return
-    from ._core.aio import coroutine_runner
+def _quiet_end(message: Any, what: str) -> SkipMessage:
+    """End this delivery acknowledged, reporting nothing (raise the result)."""
+    message.options["store_results"] = False  # this delivery, not the one sent
+    _state.quiet = True
+    return SkipMessage(what)
 
-    token = coroutine_runner.set(loop_thread.run_coroutine)
-    try:
-        yield
-    finally:
-        coroutine_runner.reset(token)
+
+def _dispatch(message: Any) -> Dispatch:
+    """How recovery enqueues this message again."""
+    return Dispatch(
+        "dramatiq", message.actor_name, message.message_id, tuple(message.args),
+        dict(message.kwargs), {"queue": q_name(message.queue_name),
+                               "message": _lasting_options(message.options)},
+    )
 
 
 def _lasting_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,27 +368,24 @@ def saga_task(
     ``claim_timeout`` seconds after it was due is sent again by recovery (None: no
     record). Other options are the actor's (``time_limit``, ``store_results``, ...).
     """
-    check_options(key=key, retry=retry, hooks=hooks, store=store,
-                  max_deliveries=max_deliveries, lock_ttl=lock_ttl,
-                  claim_timeout=claim_timeout)
+    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout)
     if broker is not None and not isinstance(broker, Broker):
         raise TypeError(f"saga_task: broker must be a dramatiq Broker, got {broker!r}")
 
     def decorator(saga_fn: SagaFunction) -> SagaActor:
-        if not callable(saga_fn):
-            raise TypeError(f"saga_task decorates a saga function or Flow, got {saga_fn!r}")
+        label = saga_label(saga_fn)
         target = broker or dramatiq.get_broker()
         _middleware(target)
-        config = SagaConfig(saga_fn, key, store or default_store(target), retry, lock_ttl,
-                            max_deliveries, hooks, claim_timeout)
-        options = dict(actor_options)
-        if "throws" in target.actor_options:  # a failed saga is final: never retried
-            options["throws"] = (*_exception_types(options.get("throws")), KompensaError)
-        label = getattr(saga_fn, "__name__", None) or saga_name(saga_fn)
         name = actor_name or (label if label.isidentifier() else saga_name(saga_fn))
+        binding = SagaBinding(saga_fn, options, name=name, broker="dramatiq", kind="actor",
+                              default_store=lambda: default_store(target))
+        binding.store  # noqa: B018 - no journal to default to: say so at declaration
+        extra = dict(actor_options)
+        if "throws" in target.actor_options:  # a failed saga is final: never retried
+            extra["throws"] = (*_exception_types(extra.get("throws")), KompensaError)
         made = dramatiq.actor(
-            actor_class=partial(SagaActor, config), actor_name=name,
-            queue_name=queue_name, priority=priority, broker=target, **options,
+            actor_class=partial(SagaActor, binding), actor_name=name,
+            queue_name=queue_name, priority=priority, broker=target, **extra,
         )(saga_fn)
         assert isinstance(made, SagaActor)
         return made
@@ -471,11 +407,9 @@ def default_store(broker: Broker) -> Store:
             "RedisBroker, so there is no journal to default to; pass "
             "store=RedisStore.from_url(...)"
         )
-    from .stores.redis import RedisStore
-
     # One journal per broker namespace: two apps on one Redis keep apart.
     suffix = "" if broker.namespace == "dramatiq" else f"-{broker.namespace}"
-    return RedisStore(broker.client, namespace=f"kompensa{suffix}")
+    return redis_journal(client=broker.client, namespace=f"kompensa{suffix}")
 
 
 def recover(broker: Broker, store: Store | None = None, *, limit: int = 100) -> int:
@@ -483,47 +417,37 @@ def recover(broker: Broker, store: Store | None = None, *, limit: int = 100) -> 
     back (a worker killed with its messages unacknowledged). Returns how many.
 
     ``store`` defaults to the journals of the broker's saga actors."""
-    sent = 0
-    for journal in [store] if store is not None else _journals(broker):
-        for key in journal.take_due(limit, hold=journal.lock_ttl):
-            execution = journal.get(key)
-            dispatch: Mapping[str, Any] | None = execution.dispatch if execution else None
-            if not dispatch or dispatch.get("broker") != "dramatiq":
-                continue
-            actor = broker.actors.get(dispatch["actor"])
-            if not isinstance(actor, SagaActor):
-                logger.warning("cannot recover %s: no saga actor %r on this broker",
-                               key, dispatch["actor"])
-                continue
-            options = dict(dispatch.get("options") or {})
-            options[RESENT_OPTION] = True
-            broker.enqueue(Message(
-                queue_name=actor.queue_name, actor_name=actor.actor_name,
-                args=tuple(dispatch["args"]), kwargs=dict(dispatch["kwargs"]),
-                options=options, message_id=dispatch["id"],
-            ))
-            logger.info("recovered %s[%s] as message %s", actor.actor_name, key, dispatch["id"])
-            assert execution is not None
-            dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
-            sent += 1
-    return sent
+
+    def send(dispatch: Dispatch, key: str, journal: Store) -> bool:
+        actor = broker.actors.get(dispatch.name)
+        if not isinstance(actor, SagaActor):
+            logger.warning("cannot recover %s: no saga actor %r on this broker",
+                           key, dispatch.name)
+            return False
+        options = dict(dispatch.options.get("message") or {})
+        options[RESENT_OPTION] = True
+        broker.enqueue(Message(
+            queue_name=actor.queue_name, actor_name=actor.actor_name,
+            args=dispatch.args, kwargs=dict(dispatch.kwargs), options=options,
+            message_id=dispatch.id,
+        ))
+        return True
+
+    return recover_due([store] if store is not None else _journals(broker), "dramatiq", send,
+                       limit=limit)
 
 
 def _journals(broker: Broker) -> list[Store]:
     """The stores the broker's saga actors journal to (else the broker's default)."""
-    stores: dict[int, Store] = {}
-    for actor in list(broker.actors.values()):
-        if isinstance(actor, SagaActor):
-            stores.setdefault(id(actor.saga.store), actor.saga.store)
-    return list(stores.values()) or [default_store(broker)]
+    actors = [a.saga for a in list(broker.actors.values()) if isinstance(a, SagaActor)]
+    return journals(actors, lambda: default_store(broker))
 
 
 def enable_recovery(
     broker: Broker | None = None, store: Store | None = None, *, interval: float = 5.0
 ) -> None:
     """Run :func:`recover` every ``interval`` seconds in each worker process."""
-    number("enable_recovery", "interval", interval, inclusive=False)
-    check_store("enable_recovery", store)
+    check_recovery(store, interval)
     target = broker or dramatiq.get_broker()
     if store is None:
         _journals(target)  # no saga actor and no Redis: say so now, not every pass

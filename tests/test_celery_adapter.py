@@ -136,6 +136,8 @@ def test_saga_errors_cross_a_json_result_backend_whole(kind: type[SagaFailed]) -
 def test_a_refused_re_send_requeues_the_message_instead_of_losing_it() -> None:
     from celery.exceptions import Reject
 
+    from kompensa_workers._driver.binding import SendAgain
+
     celery_app = app()
 
     @saga_task(celery_app, store=MemoryStore())
@@ -150,7 +152,7 @@ def test_a_refused_re_send_requeues_the_message_instead_of_losing_it() -> None:
     checkout.push_request(id="t-1", retries=0, delivery_info={})
     try:
         with pytest.raises(Reject) as rejected:
-            checkout._send_again(5.0, "lease-token")
+            checkout._send_again(SendAgain(5.0, "lease-token", "a step waits", waits=True))
     finally:
         checkout.pop_request()
     assert rejected.value.requeue is True
@@ -179,7 +181,7 @@ def test_recovery_keeps_how_the_delivery_was_routed_and_chained() -> None:
         chain=[dict(tail)], timelimit=(30, 20),
     )
     try:
-        dispatch = checkout._dispatch(("42",), {})
+        dispatch = checkout._dispatch(("42",), {}).to_record()
     finally:
         checkout.pop_request()
     options = dispatch["options"]

@@ -175,7 +175,7 @@ def test_recover_brings_back_a_job_whose_horse_died(harness: RQStubHarness) -> N
     store = saga.saga.store
     started = store.claim(job.id, saga=saga.path, fingerprint="-", lease_token=None,
                           lock_ttl=0.2, at=time.time(),
-                          dispatch=encode(saga._dispatch(job, ("o-5",), {})))
+                          dispatch=encode(saga._dispatch(job, ("o-5",), {}).to_record()))
     assert started.state == "granted"
     harness.queue.remove(job)
     job.set_status(JobStatus.FAILED)
@@ -302,7 +302,7 @@ def test_a_horse_killed_before_its_saga_began_does_not_fail_the_job(
     assert job.get_status(refresh=True) == JobStatus.QUEUED
     assert job.id not in harness.queue.failed_job_registry
     # after max_deliveries such deaths it is RQ's failure, as it would be without us.
-    for _ in range(saga.saga.max_deliveries):
+    for _ in range(saga.saga.options.max_deliveries):
         worker.handle_job_failure(job, harness.queue, exc_string="Work-horse terminated")
     assert job.get_status(refresh=True) == JobStatus.FAILED
 

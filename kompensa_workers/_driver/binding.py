@@ -1,125 +1,416 @@
-"""What the broker adapters share: their options checked one way, a saga's
-settings, running a saga to the end in-process, and the recovery thread."""
+"""What every broker adapter shares, written once; an adapter supplies only its
+broker's calls.
+
+    SagaOptions     ``saga_task``'s options, checked one way for every broker
+    SagaBinding     a saga function bound to the name its broker knows it by: its
+                    store, ``key_of()``, ``expect()`` on send, ``deliver()`` → an
+                    Action, ``run_to_end()`` for a direct call, ``ended_error()``
+    Dispatch        what recovery needs to send a delivery again (typed)
+    Action          what the adapter does with a delivery (below)
+    recover_due()   the one recovery loop over the journal's due index
+
+Outcome of :func:`deliver` → Action::
+
+    Finished(result)          Return(result)         the task returns it
+    Failed(error)             Raise(error)           the task fails with it
+    RetryLater(delay, token)  SendAgain(delay, token, waits=True)
+    Busy(after)               SendAgain(after, None)
+
+and the one defer rule: a delivery that lost its lease (sent again in 1 s), found
+the journal unreachable (in ``min(lock_ttl, 5)`` s) or whose replay diverged from
+the journal (a deploy under a running execution: in ``lock_ttl`` s, nothing
+written; after ``max_deliveries`` such deliveries it fails as poison) is sent again
+with no token. A delivery whose time budget ran out hands over through
+``RetryLater(0)``, as any wait does.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from .._core.aio import CoroutineRunner, coroutine_runner
 from .._core.check import count, instance, number
 from .._core.check import store as check_store
-from .._core.codec import encode
-from ..hooks import Hooks
+from .._core.codec import check_arguments, encode
+from ..errors import LeaseLost, NonDeterminismError, SagaError, StoreUnavailable
+from ..hooks import Hooks, SagaEvent, dispatcher
 from ..retry import Retry
 from ..stores.protocol import Store
+from . import tracing
+from .deliver import (
+    DEFAULT_MAX_DELIVERIES,
+    Busy,
+    Failed,
+    Finished,
+    RetryLater,
+    SagaFunction,
+    deliver,
+    saga_name,
+)
 from .runner import SagaRunner
 
-__all__ = ["SagaConfig", "check_options", "expect_delivery", "recovery_thread", "run_to_end"]
+__all__ = [
+    "DEFAULT_CLAIM_TIMEOUT",
+    "Action",
+    "Dispatch",
+    "Raise",
+    "Return",
+    "SagaBinding",
+    "SagaOptions",
+    "SendAgain",
+    "check_recovery",
+    "coroutines_run_by",
+    "journals",
+    "recover_due",
+    "recovery_thread",
+    "redis_journal",
+    "saga_label",
+]
 
 logger = logging.getLogger("kompensa_workers")
-SagaFunction = Callable[..., Any]
+
 # How long a sent saga may wait in the broker for its first delivery before
 # recovery takes the message for lost and sends it again (the same id: a copy that
 # arrives after the original is answered from the journal).
 DEFAULT_CLAIM_TIMEOUT = 600.0
-
-
-def check_options(
-    *,
-    key: Any,
-    retry: Any,
-    hooks: Any,
-    store: Any,
-    max_deliveries: Any,
-    lock_ttl: Any,
-    claim_timeout: Any = DEFAULT_CLAIM_TIMEOUT,
-    retry_hint: str = "",
-) -> None:
-    """``saga_task``'s own options, refused with an error naming the option."""
-    if key is not None and not callable(key):
-        raise TypeError(f"saga_task: key must be a callable (*args, **kwargs) -> str, got {key!r}")
-    instance("saga_task", "retry", retry, Retry, retry_hint)
-    instance("saga_task", "hooks", hooks, Hooks)
-    check_store("saga_task", store)
-    count("saga_task", "max_deliveries", max_deliveries)
-    if lock_ttl is not None:
-        number("saga_task", "lock_ttl", lock_ttl, inclusive=False)
-    if claim_timeout is not None:
-        number("saga_task", "claim_timeout", claim_timeout, inclusive=False)
-
-
-def expect_delivery(
-    store: Store, key: str, name: str, dispatch: Mapping[str, Any], *, within: float,
-    after: float = 0.0,
-) -> None:
-    """Record a saga just published as ``queued``, due for recovery if no delivery
-    claims it within ``after + within`` seconds (``after``: its countdown). Never
-    raises: the message is out, and failing the send now would make the caller send
-    it twice; the loss of this safety net is logged instead."""
-    try:
-        store.expect(key, saga=name, dispatch=encode(dict(dispatch), what="dispatch"),
-                     within=max(after, 0.0) + within, at=time.time())
-    except Exception as exc:
-        logger.warning(
-            "%s[%s]: sent, but the journal could not record it (%s); should the broker "
-            "lose this message before a worker starts it, recovery will not know of it",
-            name, key, exc,
-        )
-
-
-def run_to_end(
-    fn: SagaFunction,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    key: str,
-    name: str,
-    store: Store,
-    retry: Retry | None,
-    lock_ttl: float | None,
-    max_deliveries: int,
-    hooks: Hooks | None,
-) -> Any:
-    """A direct call (or an eager/synchronous one): the saga runs to the end here,
-    sleeping through retry delays like the in-process runner, journaled under
-    ``name`` as its deliveries would be."""
-    runner = SagaRunner(
-        store, lock_wait=store.lock_ttl, lock_ttl=lock_ttl,
-        max_deliveries=max_deliveries, retry=retry, hooks=hooks,
-    )
-    return runner.execute(fn, args, kwargs, key=key, name=name)
+LEASE_LOST_RETRY = 1.0  # perhaps a newer delivery holds it; perhaps it just lapsed
+STORE_DOWN_RETRY = 5.0  # at most; min(lock_ttl, this)
 
 
 @dataclass(frozen=True)
-class SagaConfig:
-    """A saga function and the settings ``saga_task`` gave it."""
+class SagaOptions:
+    """``saga_task``'s own options, the same for every broker; refused at
+    declaration with an error naming the option."""
 
-    fn: SagaFunction
-    key: Callable[..., str] | None
-    store: Store
-    retry: Retry | None
-    lock_ttl: float | None
-    max_deliveries: int
+    key: Callable[..., str] | None = None
+    store: Store | None = None
+    retry: Retry | None = None
+    lock_ttl: float | None = None
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     hooks: Hooks | None = None
     claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT
 
-    def run_to_end(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, name: str,
-        key: str | None = None,
-    ) -> Any:
-        """:func:`run_to_end`; without ``key``, the business key or a fresh one
-        (a direct call has no message id to stand for it)."""
-        if key is None:
-            key = self.key(*args, **kwargs) if self.key else uuid.uuid4().hex
-        return run_to_end(
-            self.fn, args, kwargs, key=key, name=name, store=self.store, retry=self.retry,
-            lock_ttl=self.lock_ttl, max_deliveries=self.max_deliveries, hooks=self.hooks,
+    def __post_init__(self) -> None:
+        owner = "saga_task"
+        if self.key is not None and not callable(self.key):
+            raise TypeError(
+                f"{owner}: key must be a callable (*args, **kwargs) -> str, got {self.key!r}"
+            )
+        hint = ""
+        if self.retry is not None and not isinstance(self.retry, Retry):
+            kind = type(self.retry)
+            hint = (f"the step policy is kompensa_workers.Retry, "
+                    f"not {kind.__module__.split('.')[0]}.{kind.__name__}")
+        instance(owner, "retry", self.retry, Retry, hint)
+        instance(owner, "hooks", self.hooks, Hooks)
+        check_store(owner, self.store)
+        count(owner, "max_deliveries", self.max_deliveries)
+        if self.lock_ttl is not None:
+            number(owner, "lock_ttl", self.lock_ttl, inclusive=False)
+        if self.claim_timeout is not None:
+            number(owner, "claim_timeout", self.claim_timeout, inclusive=False)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """How recovery sends a delivery again: the broker, the task/actor/function
+    name, the message id, the arguments, and the broker's own options (for Celery
+    the routing and headers, for Dramatiq the queue and message options, for RQ
+    the queue, job options and meta)."""
+
+    broker: str
+    name: str
+    id: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """The plain structure journaled with the execution."""
+        return {
+            "broker": self.broker, "name": self.name, "id": self.id,
+            "args": list(self.args), "kwargs": dict(self.kwargs),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_record(cls, record: Any) -> Dispatch | None:
+        """The journaled structure again (also as 0.1 wrote it: ``task`` / ``actor``
+        / ``func`` for the name, a top-level ``queue`` and ``meta``); None when the
+        execution was not sent through a broker."""
+        if not isinstance(record, Mapping) or not isinstance(record.get("broker"), str):
+            return None
+        options = dict(record.get("options") or {})
+        name = record.get("name")
+        if name is None:  # as 0.1 journaled it
+            name = record.get("task") or record.get("actor") or record.get("func")
+            if record["broker"] == "dramatiq":
+                options = {"queue": record.get("queue"), "message": options}
+            elif record["broker"] == "rq":
+                options = {"queue": record.get("queue"), "job": options,
+                           "meta": dict(record.get("meta") or {})}
+        return cls(
+            record["broker"], str(name), str(record.get("id")),
+            tuple(record.get("args") or ()), dict(record.get("kwargs") or {}), options,
         )
+
+
+@dataclass(frozen=True)
+class Return:
+    """The task returns ``result`` (``cached``: the execution had ended before)."""
+
+    result: Any
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Raise:
+    """The task fails with ``error`` (``cached`` as for Return)."""
+
+    error: SagaError
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class SendAgain:
+    """Send this delivery again (the same id) after ``delay`` seconds, with
+    ``lease_token`` if any and the trace context ``trace``; then end this one.
+    ``waits``: a step waits for its retry (the delivery did work), else the
+    delivery was deferred and did nothing."""
+
+    delay: float
+    lease_token: str | None
+    why: str
+    trace: dict[str, str] = field(default_factory=dict)
+    waits: bool = False
+
+
+Action = Return | Raise | SendAgain
+
+
+class SagaBinding:
+    """A saga function bound to its task, actor or job name on one broker.
+
+    ``default_store`` is called once, on first use of :attr:`store`, when the
+    options name none (a Celery task resolves it in the worker child, after fork).
+    ``kind`` names the broker's unit in messages ("task", "actor", "job")."""
+
+    def __init__(
+        self, fn: SagaFunction, options: SagaOptions, *, name: str, broker: str,
+        kind: str, default_store: Callable[[], Store],
+    ) -> None:
+        self.fn = fn
+        self.options = options
+        self.name = name
+        self.broker = broker
+        self.kind = kind
+        self._store = options.store
+        self._default_store = default_store
+        self._mutex = threading.Lock()
+        self.logger = logging.getLogger(f"kompensa_workers.{broker}")
+
+    def __repr__(self) -> str:
+        return f"<saga {self.kind} {self.name!r} on {self.broker}>"
+
+    @property
+    def store(self) -> Store:
+        """The journal: the one given, else the broker's default (resolved once)."""
+        if self._store is None:
+            with self._mutex:
+                if self._store is None:
+                    self._store = self._default_store()
+        return self._store
+
+    def key_of(self, args: Any, kwargs: Any, message_id: str) -> str:
+        """The execution a delivery belongs to: the business key, else the id."""
+        if self.options.key is not None:
+            return self.options.key(*args, **kwargs)
+        return str(message_id)
+
+    def check_arguments(self, args: Any, kwargs: Any) -> None:
+        """Refuse arguments the journal cannot encode, before anything is sent."""
+        check_arguments(args or (), kwargs or {}, owner=f"{self.kind} {self.name!r}")
+
+    def expect(self, dispatch: Dispatch, *, after: float = 0.0) -> None:
+        """Record a saga just sent as ``queued``, due for recovery if no delivery
+        claims it within ``after + claim_timeout`` seconds (``after``: its delay).
+        Never raises: the message is out, and failing the send now would make the
+        caller send it twice; the loss of this safety net is logged instead."""
+        within = self.options.claim_timeout
+        if within is None:
+            return
+        key = self.key_of(dispatch.args, dispatch.kwargs, dispatch.id)
+        try:
+            self.store.expect(
+                key, saga=self.name, dispatch=encode(dispatch.to_record(), what="dispatch"),
+                within=max(after, 0.0) + within, at=time.time(),
+            )
+        except Exception as exc:
+            self.logger.warning(
+                "%s[%s]: sent, but the journal could not record it (%s); should the "
+                "broker lose this message before a worker starts it, recovery will not "
+                "know of it", self.name, key, exc,
+            )
+
+    def deliver(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, dispatch: Dispatch,
+        key: str | None = None, lease_token: str | None = None,
+        trace: Mapping[str, Any] | None = None, time_limit: float | None = None,
+    ) -> Action:
+        """One delivery of the saga, as the action its adapter takes."""
+        key = key or self.key_of(args, kwargs, dispatch.id)
+        options = self.options
+        entered = tracing.enter(trace)
+        try:
+            outcome = deliver(
+                self.fn, args, kwargs, key=key, store=self.store, lease_token=lease_token,
+                lock_ttl=options.lock_ttl, max_deliveries=options.max_deliveries,
+                retry=options.retry, dispatch=dispatch.to_record(), name=self.name,
+                time_limit=time_limit, hooks=options.hooks,
+            )
+        except LeaseLost:
+            return self._defer(key, trace, LEASE_LOST_RETRY, "lease lost mid-delivery",
+                               logging.WARNING)
+        except StoreUnavailable:
+            return self._defer(key, trace, min(self.store.lock_ttl, STORE_DOWN_RETRY),
+                               "journal unreachable", logging.WARNING)
+        except NonDeterminismError as exc:
+            # The code changed under a running execution; nothing was written. Try
+            # again once the lease lapses (a rolled-back deploy resumes it).
+            return self._defer(key, trace, self.store.lock_ttl, f"replay diverged: {exc}",
+                               logging.ERROR)
+        finally:
+            tracing.leave(entered)
+        if isinstance(outcome, Finished):
+            return Return(outcome.result, outcome.cached)
+        if isinstance(outcome, Failed):
+            return Raise(outcome.error, outcome.cached)
+        if isinstance(outcome, RetryLater):
+            why = f"waiting {outcome.delay:.3g}s in the broker"
+            self.logger.info("%s[%s]: %s", self.name, key, why)
+            return SendAgain(outcome.delay, outcome.lease_token, why, tracing.carry(trace),
+                             waits=True)
+        assert isinstance(outcome, Busy)
+        return self._defer(key, trace, outcome.after, "another delivery holds it; deferred",
+                           logging.INFO)
+
+    def _defer(
+        self, key: str, trace: Mapping[str, Any] | None, delay: float, why: str, level: int,
+    ) -> SendAgain:
+        self.logger.log(level, "%s[%s]: %s; sent again in %.3gs", self.name, key, why, delay)
+        return SendAgain(delay, None, why, tracing.carry(trace))
+
+    def run_to_end(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, key: str | None = None,
+    ) -> Any:
+        """A direct call (or an eager/synchronous one): the saga runs to the end in
+        this process, sleeping through retry delays like the in-process runner,
+        journaled under this name as its deliveries would be. Without ``key``: the
+        business key, else a fresh one (a direct call has no message id)."""
+        if key is None:
+            key = self.key_of(args, kwargs, uuid.uuid4().hex)
+        options, store = self.options, self.store
+        runner = SagaRunner(
+            store, lock_wait=store.lock_ttl, lock_ttl=options.lock_ttl,
+            max_deliveries=options.max_deliveries, retry=options.retry, hooks=options.hooks,
+        )
+        return runner.execute(self.fn, args, kwargs, key=key, name=self.name)
+
+    def ended_error(self, key: str) -> SagaError | None:
+        """The error execution ``key`` ended with, rebuilt from the journal (its
+        failed step, cause and compensation errors); None if it has not failed."""
+        execution = self.store.get(key)
+        return execution.exception() if execution is not None else None
+
+
+def saga_label(fn: SagaFunction) -> str:
+    """The short name of a saga function (refusing what is not one)."""
+    if not callable(fn):
+        raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
+    return getattr(fn, "__name__", None) or saga_name(fn)
+
+
+@contextlib.contextmanager
+def coroutines_run_by(runner: CoroutineRunner | None) -> Iterator[None]:
+    """Run an ``async def`` saga's coroutine with ``runner`` (which blocks this
+    thread while the coroutine runs on the worker's own event loop) instead of on
+    a loop of its own."""
+    if runner is None:
+        yield
+        return
+    token = coroutine_runner.set(runner)
+    try:
+        yield
+    finally:
+        coroutine_runner.reset(token)
+
+
+def journals(bindings: Iterable[SagaBinding], fallback: Callable[[], Store]) -> list[Store]:
+    """The distinct stores of ``bindings``, else ``[fallback()]``."""
+    stores: dict[int, Store] = {}
+    for binding in bindings:
+        store = binding.store
+        stores.setdefault(id(store), store)
+    return list(stores.values()) or [fallback()]
+
+
+def redis_journal(*, url: str | None = None, client: Any = None,
+                  namespace: str = "kompensa") -> Store:
+    """A RedisStore on ``url`` or on an existing redis-py ``client`` (loading
+    redis-py only now)."""
+    from ..stores.redis import RedisStore
+
+    if client is not None:
+        return RedisStore(client, namespace=namespace)
+    assert url is not None
+    return RedisStore.from_url(url, namespace=namespace)
+
+
+def recover_due(
+    stores: Iterable[Store], broker: str, send: Callable[[Dispatch, str, Store], bool],
+    *, limit: int = 100,
+) -> int:
+    """Send again, through ``send(dispatch, key, store)``, the executions of
+    ``broker`` whose lease expired (or that no delivery claimed in time) and whose
+    message never came back; ``send`` returns whether it sent one. Returns how many
+    were sent. A failed send is logged and left to a later pass (the execution is
+    held back only for ``lock_ttl``); if every send of a pass failed, the last
+    error is raised, so an operator hears of a broker that refuses them all."""
+    sent = 0
+    failure: Exception | None = None
+    for store in stores:
+        for key in store.take_due(limit, hold=store.lock_ttl):
+            try:
+                execution = store.get(key)
+                dispatch = Dispatch.from_record(execution.dispatch) if execution else None
+                if execution is None or dispatch is None or dispatch.broker != broker:
+                    continue
+                if not send(dispatch, key, store):
+                    continue
+            except Exception as exc:
+                logger.exception("recovering %s failed; the next pass tries again", key)
+                failure = exc
+                continue
+            logging.getLogger(f"kompensa_workers.{broker}").info(
+                "recovered %s[%s] as %s", dispatch.name, key, dispatch.id)
+            dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
+            sent += 1
+    if failure is not None and not sent:
+        raise failure
+    return sent
+
+
+def check_recovery(store: Any, interval: Any) -> None:
+    """``enable_recovery``'s options, refused with an error naming the option."""
+    number("enable_recovery", "interval", interval, inclusive=False)
+    check_store("enable_recovery", store)
 
 
 def recovery_thread(recover: Callable[[], object], interval: float) -> threading.Event:
