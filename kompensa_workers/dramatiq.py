@@ -56,21 +56,15 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from ._driver import tracing
 from ._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
-    Dispatch,
-    Raise,
-    Return,
     SagaBinding,
     SagaOptions,
-    SendAgain,
-    check_recovery,
     coroutines_run_by,
-    journals,
-    recover_due,
-    recovery_thread,
     redis_journal,
     saga_label,
 )
 from ._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget, saga_name
+from ._driver.dispatch import Dispatch, Raise, Return, SendAgain
+from ._driver.recovery import check_recovery, journals, recover_due, recovery_thread
 from .errors import KompensaError
 from .hooks import Hooks
 from .retry import Retry

@@ -136,7 +136,7 @@ def test_saga_errors_cross_a_json_result_backend_whole(kind: type[SagaFailed]) -
 def test_a_refused_re_send_requeues_the_message_instead_of_losing_it() -> None:
     from celery.exceptions import Reject
 
-    from kompensa_workers._driver.binding import SendAgain
+    from kompensa_workers._driver.dispatch import SendAgain
 
     celery_app = app()
 

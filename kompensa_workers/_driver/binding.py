@@ -4,15 +4,13 @@ broker's calls.
     SagaOptions     ``saga_task``'s options, checked one way for every broker
     SagaBinding     a saga function bound to the name its broker knows it by: its
                     store, ``key_of()``, ``expect()`` on send, ``deliver()`` → an
-                    Action, ``run_to_end()`` for a direct call, ``ended_error()``
-    Dispatch        what recovery needs to send a delivery again (typed)
-    Action          what the adapter does with a delivery (below)
-    recover_due()   the one recovery loop over the journal's due index
+                    action (``dispatch.py``), ``run_to_end()`` for a direct call,
+                    ``ended_error()``
 
-Outcome of :func:`deliver` → Action::
+Outcome of :func:`deliver` → action::
 
-    Finished(result)          Return(result)         the task returns it
-    Failed(error)             Raise(error)           the task fails with it
+    Finished(result)          Return(result)
+    Failed(error)             Raise(error)
     RetryLater(delay, token)  SendAgain(delay, token, waits=True)
     Busy(after)               SendAgain(after, None)
 
@@ -21,7 +19,7 @@ the journal unreachable (in ``min(lock_ttl, 5)`` s) or whose replay diverged fro
 the journal (a deploy under a running execution: in ``lock_ttl`` s, nothing
 written; after ``max_deliveries`` such deliveries it fails as poison) is sent again
 with no token. A delivery whose time budget ran out hands over through
-``RetryLater(0)``, as any wait does.
+``RetryLater(0)``, as any wait does. Recovery is in ``recovery.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +29,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .._core.aio import CoroutineRunner, coroutine_runner
@@ -40,7 +38,7 @@ from .._core.check import count, instance, number
 from .._core.check import store as check_store
 from .._core.codec import check_arguments, encode
 from ..errors import LeaseLost, NonDeterminismError, SagaError, StoreUnavailable
-from ..hooks import Hooks, SagaEvent, dispatcher
+from ..hooks import Hooks
 from ..retry import Retry
 from ..stores.protocol import Store
 from . import tracing
@@ -54,27 +52,17 @@ from .deliver import (
     deliver,
     saga_name,
 )
+from .dispatch import Action, Dispatch, Raise, Return, SendAgain
 from .runner import SagaRunner
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
-    "Action",
-    "Dispatch",
-    "Raise",
-    "Return",
     "SagaBinding",
     "SagaOptions",
-    "SendAgain",
-    "check_recovery",
     "coroutines_run_by",
-    "journals",
-    "recover_due",
-    "recovery_thread",
     "redis_journal",
     "saga_label",
 ]
-
-logger = logging.getLogger("kompensa_workers")
 
 # How long a sent saga may wait in the broker for its first delivery before
 # recovery takes the message for lost and sends it again (the same id: a copy that
@@ -116,83 +104,6 @@ class SagaOptions:
             number(owner, "lock_ttl", self.lock_ttl, inclusive=False)
         if self.claim_timeout is not None:
             number(owner, "claim_timeout", self.claim_timeout, inclusive=False)
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """How recovery sends a delivery again: the broker, the task/actor/function
-    name, the message id, the arguments, and the broker's own options (for Celery
-    the routing and headers, for Dramatiq the queue and message options, for RQ
-    the queue, job options and meta)."""
-
-    broker: str
-    name: str
-    id: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_record(self) -> dict[str, Any]:
-        """The plain structure journaled with the execution."""
-        return {
-            "broker": self.broker, "name": self.name, "id": self.id,
-            "args": list(self.args), "kwargs": dict(self.kwargs),
-            "options": dict(self.options),
-        }
-
-    @classmethod
-    def from_record(cls, record: Any) -> Dispatch | None:
-        """The journaled structure again (also as 0.1 wrote it: ``task`` / ``actor``
-        / ``func`` for the name, a top-level ``queue`` and ``meta``); None when the
-        execution was not sent through a broker."""
-        if not isinstance(record, Mapping) or not isinstance(record.get("broker"), str):
-            return None
-        options = dict(record.get("options") or {})
-        name = record.get("name")
-        if name is None:  # as 0.1 journaled it
-            name = record.get("task") or record.get("actor") or record.get("func")
-            if record["broker"] == "dramatiq":
-                options = {"queue": record.get("queue"), "message": options}
-            elif record["broker"] == "rq":
-                options = {"queue": record.get("queue"), "job": options,
-                           "meta": dict(record.get("meta") or {})}
-        return cls(
-            record["broker"], str(name), str(record.get("id")),
-            tuple(record.get("args") or ()), dict(record.get("kwargs") or {}), options,
-        )
-
-
-@dataclass(frozen=True)
-class Return:
-    """The task returns ``result`` (``cached``: the execution had ended before)."""
-
-    result: Any
-    cached: bool = False
-
-
-@dataclass(frozen=True)
-class Raise:
-    """The task fails with ``error`` (``cached`` as for Return)."""
-
-    error: SagaError
-    cached: bool = False
-
-
-@dataclass(frozen=True)
-class SendAgain:
-    """Send this delivery again (the same id) after ``delay`` seconds, with
-    ``lease_token`` if any and the trace context ``trace``; then end this one.
-    ``waits``: a step waits for its retry (the delivery did work), else the
-    delivery was deferred and did nothing."""
-
-    delay: float
-    lease_token: str | None
-    why: str
-    trace: dict[str, str] = field(default_factory=dict)
-    waits: bool = False
-
-
-Action = Return | Raise | SendAgain
 
 
 class SagaBinding:
@@ -352,15 +263,6 @@ def coroutines_run_by(runner: CoroutineRunner | None) -> Iterator[None]:
         coroutine_runner.reset(token)
 
 
-def journals(bindings: Iterable[SagaBinding], fallback: Callable[[], Store]) -> list[Store]:
-    """The distinct stores of ``bindings``, else ``[fallback()]``."""
-    stores: dict[int, Store] = {}
-    for binding in bindings:
-        store = binding.store
-        stores.setdefault(id(store), store)
-    return list(stores.values()) or [fallback()]
-
-
 def redis_journal(*, url: str | None = None, client: Any = None,
                   namespace: str = "kompensa") -> Store:
     """A RedisStore on ``url`` or on an existing redis-py ``client`` (loading
@@ -371,59 +273,3 @@ def redis_journal(*, url: str | None = None, client: Any = None,
         return RedisStore(client, namespace=namespace)
     assert url is not None
     return RedisStore.from_url(url, namespace=namespace)
-
-
-def recover_due(
-    stores: Iterable[Store], broker: str, send: Callable[[Dispatch, str, Store], bool],
-    *, limit: int = 100,
-) -> int:
-    """Send again, through ``send(dispatch, key, store)``, the executions of
-    ``broker`` whose lease expired (or that no delivery claimed in time) and whose
-    message never came back; ``send`` returns whether it sent one. Returns how many
-    were sent. A failed send is logged and left to a later pass (the execution is
-    held back only for ``lock_ttl``); if every send of a pass failed, the last
-    error is raised, so an operator hears of a broker that refuses them all."""
-    sent = 0
-    failure: Exception | None = None
-    for store in stores:
-        for key in store.take_due(limit, hold=store.lock_ttl):
-            try:
-                execution = store.get(key)
-                dispatch = Dispatch.from_record(execution.dispatch) if execution else None
-                if execution is None or dispatch is None or dispatch.broker != broker:
-                    continue
-                if not send(dispatch, key, store):
-                    continue
-            except Exception as exc:
-                logger.exception("recovering %s failed; the next pass tries again", key)
-                failure = exc
-                continue
-            logging.getLogger(f"kompensa_workers.{broker}").info(
-                "recovered %s[%s] as %s", dispatch.name, key, dispatch.id)
-            dispatcher(None).on_recovered(SagaEvent(key, execution.saga, execution.status))
-            sent += 1
-    if failure is not None and not sent:
-        raise failure
-    return sent
-
-
-def check_recovery(store: Any, interval: Any) -> None:
-    """``enable_recovery``'s options, refused with an error naming the option."""
-    number("enable_recovery", "interval", interval, inclusive=False)
-    check_store("enable_recovery", store)
-
-
-def recovery_thread(recover: Callable[[], object], interval: float) -> threading.Event:
-    """Call ``recover()`` every ``interval`` seconds in a daemon thread (a failed pass
-    is logged and tried again); set the returned event to stop it."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                recover()
-            except Exception:
-                logger.exception("recovery pass failed; trying again in %ss", interval)
-
-    threading.Thread(target=loop, name="kompensa-recovery", daemon=True).start()
-    return stop

@@ -24,18 +24,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from .._driver import tracing
 from .._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
-    Dispatch,
-    Raise,
-    Return,
     SagaBinding,
     SagaOptions,
-    SendAgain,
-    journals,
-    recover_due,
     redis_journal,
     saga_label,
 )
 from .._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget
+from .._driver.dispatch import Dispatch, Raise, Return, SendAgain
+from .._driver.recovery import journals, recover_due
 from ..errors import KompensaError
 from ..hooks import Hooks
 from ..retry import Retry

@@ -9,7 +9,7 @@ from typing import Any
 from rq import Queue, Worker
 from rq.job import Job
 
-from .._driver.binding import recovery_thread
+from .._driver.recovery import recovery_thread
 from ..stores.protocol import Store
 from .job import recover, scheduler_running
 from .stranded import enqueue_unclaimed, never_claimed, recover_stranded
