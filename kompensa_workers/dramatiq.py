@@ -317,7 +317,7 @@ def _on_worker_loop(fn: Any) -> Iterator[None]:
     if loop_thread is None:
         yield
         return
-    from ._core.aio import coroutine_runner
+    from ._core.loops import coroutine_runner
 
     token = coroutine_runner.set(loop_thread.run_coroutine)
     try:
