@@ -68,3 +68,16 @@ def test_errors_survive_copying_and_the_journal(error: KompensaError) -> None:
     restored = ErrorInfo.capture(error).restore()
     assert type(restored) is type(error)
     assert str(restored) == str(error)
+
+
+def test_an_exception_inside_a_cause_crosses_json_as_itself() -> None:
+    # Given a saga error whose cause carries another exception in its args
+    error = SagaFailed("k", "charge", ValueError(OSError(2, "no file", "f.txt")))
+    # When its args cross JSON and the class is called with them again
+    back = SagaFailed(*json.loads(json.dumps(error.args)))
+    # Then the inner exception comes back as its own type, with its attributes
+    assert type(back.cause) is ValueError
+    [inner] = back.cause.args
+    assert type(inner) is FileNotFoundError
+    assert (inner.errno, inner.strerror, inner.filename) == (2, "no file", "f.txt")
+    assert str(back) == str(error)

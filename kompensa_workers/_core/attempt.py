@@ -146,6 +146,6 @@ def _awaited(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
     timeout: float | None,
 ) -> Any:
-    from .aio import await_result  # the async support loads only when used
+    from .loops import await_result  # asyncio loads only when an async step runs
 
     return await_result(fn(*args, **kwargs), timeout)

@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._core.aio import CoroutineRunner, coroutine_runner
 from .._core.check import count, instance, number
 from .._core.check import store as check_store
 from .._core.codec import check_arguments, encode
+from .._core.loops import CoroutineRunner, coroutine_runner
 from ..errors import LeaseLost, NonDeterminismError, SagaError, StoreUnavailable
 from ..hooks import Hooks
 from ..retry import Retry
