@@ -24,7 +24,7 @@ from ._driver.runner import SagaRunner, run
 # Journals
 from .stores.memory import MemoryStore
 from ._core.records import CompensationRecord, Execution, SagaFailure, StepRecord
-from .stores.protocol import Store
+from .stores.protocol import Claim, JournalWrite, Lease, Store
 
 # Observability
 from .hooks import CompensationEvent, Hooks, SagaEvent, StepEvent
@@ -102,8 +102,11 @@ __all__ = [
     "deliver",
     "run",
     # Journals
+    "Claim",
     "CompensationRecord",
     "Execution",
+    "JournalWrite",
+    "Lease",
     "MemoryStore",
     "RedisStore",
     "Redlock",

@@ -1,0 +1,1 @@
+"""The scenarios of :class:`kompensa_workers.testing.StoreContract`, by subject."""

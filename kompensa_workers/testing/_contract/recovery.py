@@ -1,0 +1,91 @@
+"""Scenarios on recovery: what ``due``/``take_due`` return, and sends recorded by
+``expect``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..._core.codec import encode
+from .base import ContractBase, step, write
+
+SENT = {"task": "shop.checkout", "id": "t-1", "args": ["42"], "kwargs": {}}
+
+
+class RecoveryScenarios(ContractBase):
+    """What recovery finds to send again."""
+
+    def test_expired_leases_show_up_for_recovery_and_finished_ones_do_not(
+        self, store: Any,
+    ) -> None:
+        self.claim(store, "crashed")
+        waiting = self.claim(store, "waiting")
+        store.commit("waiting", waiting.lease, write(status="waiting", lease_ttl=5.0))
+        finished = self.claim(store, "finished")
+        store.commit("finished", finished.lease, write(status="succeeded", release=True))
+        released = self.claim(store, "released")
+        store.release("released", released.lease)
+        assert store.due() == ["released"]  # freed at once by a dying live process
+        time.sleep(self.lock_ttl + 0.05)
+        assert store.due() == ["released", "crashed"]
+        assert store.due(limit=1) == ["released"]
+
+    def test_dispatch_is_kept_and_take_due_holds_back_what_it_returns(
+        self, store: Any,
+    ) -> None:
+        store.claim("k", saga="s", fingerprint="fp", lease_token=None, lock_ttl=self.lock_ttl,
+                    at=time.time(), dispatch=encode(SENT))
+        assert store.get("k").dispatch == SENT
+        time.sleep(self.lock_ttl + 0.05)
+        assert store.take_due(10, hold=0.2) == ["k"]
+        assert store.take_due(10, hold=0.2) == []  # another recoverer finds nothing
+        assert store.due() == []
+        time.sleep(0.25)
+        assert store.take_due(10, hold=0.2) == ["k"]  # not claimed since: sent again...
+        time.sleep(0.25)
+        assert store.take_due(10, hold=0.2) == []  # ...but the hold doubles each time
+        time.sleep(0.2)
+        assert store.take_due(10, hold=0.2) == ["k"]
+        # A claim (the re-sent message arrived) starts the count afresh.
+        granted = self.claim(store)
+        store.release("k", granted.lease)
+        assert store.take_due(10, hold=0.2) == ["k"]
+        assert store.take_due(10, hold=0.2) == []
+
+    def test_a_sent_saga_is_queued_until_a_delivery_claims_it(self, store: Any) -> None:
+        def expect(key: str = "k") -> bool:
+            return store.expect(key, saga="s", dispatch=encode(SENT),  # type: ignore[no-any-return]
+                                within=0.3, at=time.time())
+
+        # Given a saga the sender has just sent,
+        assert expect() is True
+        queued = store.get("k")
+        assert (queued.status, queued.deliveries, queued.fence) == ("queued", 0, 0)
+        assert queued.dispatch == SENT and not queued.terminal
+        assert expect() is False  # a second send of the same key changes nothing
+        # when no delivery claims it in time, recovery finds it due (the message is lost);
+        assert store.due() == []
+        time.sleep(0.35)
+        assert store.take_due(10, hold=0.2) == ["k"]
+        # a delivery that arrives starts it like a new execution,
+        granted = self.claim(store)
+        assert granted.state == "granted" and granted.execution is not None
+        assert granted.execution.status == "running"
+        assert [g.how for g in granted.execution.grants] == ["new"]
+        assert granted.execution.dispatch == SENT
+        store.commit("k", granted.lease, write(step("a"), status="succeeded", result=b"\xa2ok"))
+        # and a send that comes after it ran is no news.
+        assert expect() is False and store.get("k").status == "succeeded"
+        assert store.due() == []
+
+    def test_a_queued_execution_takes_the_arguments_its_first_delivery_brings(
+        self, store: Any,
+    ) -> None:
+        # (A broker's serializer may change them: a tuple arrives as a list.)
+        store.expect("k", saga="s", dispatch=b"\x80", within=60, at=time.time())
+        assert store.cancel("k") is True  # an operator may stop it before it starts
+        first = self.claim(store, fp="as delivered")
+        assert first.state == "granted" and first.execution is not None
+        assert first.execution.fingerprint == "as delivered"
+        store.release("k", first.lease)
+        assert self.claim(store, fp="other").state == "conflict"  # a different order, same key
