@@ -2,7 +2,8 @@
 
 No I/O and no user code runs here. The sync shell (:mod:`.engine`) asks what to do
 at each step call, runs the user's function, and hands the outcome back to get the
-record to write. An async shell can drive the same machine.
+record to write. An async shell can drive the same machine. The writes an operator
+asks for (through ``ops.admin``) are pure functions of an Execution, at the end.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import DuplicateStepName, NonDeterminismError, StepFailed
+from ..errors import DuplicateStepName, KompensaError, NonDeterminismError, StepFailed
 from ..retry import Retry
+from ..stores.protocol import JournalWrite
 from .codec import check_size, decode
 from .failures import ErrorInfo
-from .records import CompensationRecord, Execution, StepRecord
+from .records import CompensationRecord, Execution, ExecutionStatus, SagaFailure, StepRecord
 
-__all__ = ["Journal", "Plan", "Replay", "Reraise", "Run", "Wait"]
+__all__ = [
+    "Journal", "Plan", "Replay", "Reraise", "Run", "Wait", "WrongStatus",
+    "ensure_cancellable", "failed_compensations", "owed_again", "purgeable", "resolved",
+]
 
 
 @dataclass(frozen=True)
@@ -291,3 +296,68 @@ class Journal:
             for s in failed
             if s.compensation and s.compensation.error
         ]
+
+
+# -- operator writes: no delivery, no lease (the store applies them atomically) --
+
+
+class WrongStatus(KompensaError):
+    """The execution's status does not allow what an operator asked."""
+
+    def __init__(self, key: str, status: str, message: str) -> None:
+        self._explain(message, key, status, message)
+        self.key = key
+        self.status = status
+
+
+def failed_compensations(execution: Execution) -> list[tuple[StepRecord, CompensationRecord]]:
+    """Steps whose compensation gave up, in step order, with that compensation."""
+    return [(s, s.compensation) for s in execution.steps
+            if s.compensation is not None and s.compensation.status == "failed"]
+
+
+def _needing_a_person(execution: Execution) -> list[tuple[StepRecord, CompensationRecord]]:
+    if execution.status != "compensation_failed":
+        raise WrongStatus(execution.key, execution.status, f"execution {execution.key!r} "
+                          f"is {execution.status}, not compensation_failed")
+    return failed_compensations(execution)
+
+
+def owed_again(execution: Execution, now: float) -> JournalWrite:
+    """A compensation_failed execution's failed compensations owed again, each with
+    its retry policy afresh (status ``compensating``). Raises WrongStatus."""
+    records = [replace(s, compensation=CompensationRecord("retrying", 0, comp.error))
+               for s, comp in _needing_a_person(execution)]
+    return JournalWrite.build(now, *records, status="compensating")
+
+
+def resolved(execution: Execution, now: float) -> JournalWrite:
+    """A compensation_failed execution's failed compensations done by hand (their
+    last error kept): it ends compensated, or cancelled if it was. Raises WrongStatus."""
+    records = [
+        replace(s, compensation=CompensationRecord(
+            "compensated", comp.attempts, comp.error, finished_at=now))
+        for s, comp in _needing_a_person(execution)
+    ]
+    failure = execution.error
+    if failure is not None:
+        failure = SagaFailure(failure.failed_step, failure.cause, (), failure.reason)
+    final: ExecutionStatus = (
+        "cancelled" if failure is not None and failure.reason == "cancelled" else "compensated"
+    )
+    return JournalWrite.build(now, *records, status=final, failure=failure)
+
+
+def ensure_cancellable(execution: Execution) -> None:
+    """Raise WrongStatus if ``execution`` has ended: there is nothing to stop."""
+    if execution.terminal:
+        raise WrongStatus(execution.key, execution.status, f"execution {execution.key!r} "
+                          f"has already ended ({execution.status})")
+
+
+def purgeable(execution: Execution, *, now: float, older_than: float,
+              include_compensation_failed: bool = False) -> bool:
+    """Whether purge deletes ``execution``: ended, unchanged for ``older_than``
+    seconds, and not compensation_failed (it waits for a person) unless included."""
+    return (execution.terminal and now - execution.updated_at >= older_than
+            and (include_compensation_failed or execution.status != "compensation_failed"))

@@ -23,10 +23,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -41,21 +40,18 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "pip install 'kompensa-workers[cli]'"
     ) from exc
 
-from .._core.records import (
-    STATUSES,
-    CompensationRecord,
-    Execution,
-    ExecutionStatus,
-    SagaFailure,
-)
+from .._core.records import STATUSES, Execution
 from ..errors import KompensaError, SerializationError, StoreUnavailable
 from ..hooks import Hooks, SagaEvent, install, uninstall
-from ..stores.protocol import JournalWrite
+from . import admin
 from .timeline import age, describe, styled, summary
 
 __all__ = ["main"]
 
 EXIT_ERROR, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNREACHABLE = 1, 3, 4, 5
+# The exit code of each refusal of an operator's request (admin.AdminError.code).
+REFUSALS = {"not_found": EXIT_NOT_FOUND, "wrong_status": EXIT_CONFLICT,
+            "changed": EXIT_CONFLICT}
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 T = TypeVar("T")
 COLOURS = {"succeeded": "green", "compensated": "yellow", "cancelled": "yellow",
@@ -154,33 +150,29 @@ class Journal:
         except UnicodeError as exc:
             raise Failure(f"not valid UTF-8 text: {exc}", 2) from None
 
-    def executions(self) -> Iterator[Execution]:
-        keys: list[str] = self.call(lambda: list(self.store.keys()))
-        get_many = getattr(self.store, "get_many", None)
-        if get_many is not None:  # RedisStore: pipelined, not one round trip per key
-            found = self.call(lambda: get_many(keys))
-        else:
-            found = [self._get_or_error(key) for key in keys]
-        for key, execution in zip(keys, found, strict=True):
-            if isinstance(execution, SerializationError):  # one bad record hides no other
-                click.echo(f"kompensa-workers: skipped {key!r}: {execution}", err=True)
-            elif execution is not None:
-                yield execution
-
-    def _get_or_error(self, key: str) -> Execution | SerializationError | None:
+    def ask(self, fn: Callable[[], T]) -> T:
+        """``fn()``, an admin call: a refusal or a corrupt record as one clear line."""
         try:
-            return self.call(partial(self.store.get, key))  # type: ignore[no-any-return]
-        except SerializationError as exc:
-            return exc
-
-    def get(self, key: str) -> Execution:
-        try:
-            execution = self.call(lambda: self.store.get(key))
+            return self.call(fn)
+        except admin.AdminError as exc:
+            where = f" in {self.where()}" if exc.code == "not_found" else ""
+            raise Failure(f"{exc}{where}", REFUSALS[exc.code]) from None
         except SerializationError as exc:
             raise Failure(str(exc)) from None
-        if execution is None:
-            raise Failure(f"no execution {key!r} in {self.where()}", EXIT_NOT_FOUND)
-        return execution  # type: ignore[no-any-return]
+
+    def executions(self) -> Iterator[Execution]:
+        found, skipped = self.call(lambda: admin.executions(self.store))
+        skip(skipped)
+        yield from found
+
+    def get(self, key: str) -> Execution:
+        return self.ask(lambda: admin.get(self.store, key))
+
+
+def skip(skipped: Iterable[tuple[str, str]]) -> None:
+    """Say which records could not be read (one bad record hides no other)."""
+    for key, why in skipped:
+        click.echo(f"kompensa-workers: skipped {key!r}: {why}", err=True)
 
 
 def redact(url: str) -> str:
@@ -315,10 +307,7 @@ def show(journal: Journal, key: str, as_json: bool) -> None:
 def cancel(journal: Journal, key: str, as_json: bool) -> None:
     """Ask a running or waiting execution to stop: its next delivery rolls back
     the completed steps and ends it cancelled."""
-    if not journal.call(lambda: journal.store.cancel(key)):
-        execution = journal.get(key)
-        raise Failure(f"execution {key!r} has already ended ({execution.status})",
-                      EXIT_CONFLICT)
+    journal.ask(lambda: admin.cancel(journal.store, key))
     if as_json:
         emit({"key": key, "cancel_requested": True})
         return
@@ -336,54 +325,17 @@ def retry_compensation(journal: Journal, key: str, mark_resolved: bool, as_json:
     """Run again the compensations a compensation_failed execution still owes (the
     next delivery, sent by recovery, runs them with their full retry policy), or
     with --mark-resolved record them done after a manual fix."""
-    execution = journal.get(key)
-    if execution.status != "compensation_failed":
-        raise Failure(f"execution {key!r} is {execution.status}, not compensation_failed",
-                      EXIT_CONFLICT)
-    store = journal.store
-    write = _resolved(execution) if mark_resolved else _owed_again(execution)
-    if not journal.call(lambda: store.reopen(key, write)):
-        raise Failure(f"execution {key!r} changed meanwhile; look again", EXIT_CONFLICT)
-    steps = [s.name for s in execution.steps
-             if s.compensation is not None and s.compensation.status == "failed"]
+    reopen = admin.mark_resolved if mark_resolved else admin.retry_compensation
+    done = journal.ask(lambda: reopen(journal.store, key))
     if as_json:
-        emit({"key": key, "steps": steps, "status": write.status})
+        emit({"key": done.key, "steps": list(done.steps), "status": done.status})
     elif mark_resolved:
-        click.echo(f"{key!r}: marked resolved ({', '.join(steps)}); it is {write.status}")
+        click.echo(f"{key!r}: marked resolved ({', '.join(done.steps)}); it is {done.status}")
     else:
         how = ("recovery sends it to a worker (enable_recovery / SagaWorker, or "
-               "`kompensa-workers recover --app ...`)" if execution.dispatch else
+               "`kompensa-workers recover --app ...`)" if done.recoverable else
                "it ran in-process: run it again with its key to compensate")
-        click.echo(f"{key!r}: compensations of {', '.join(steps)} are owed again; {how}")
-
-
-def _owed_again(execution: Execution) -> JournalWrite:
-    """The failed compensations back to owed, with their retry policy afresh."""
-    records = [
-        replace(s, compensation=CompensationRecord("retrying", 0, s.compensation.error))
-        for s in execution.steps
-        if s.compensation is not None and s.compensation.status == "failed"
-    ]
-    return JournalWrite.build(time.time(), *records, status="compensating")
-
-
-def _resolved(execution: Execution) -> JournalWrite:
-    """The failed compensations done by hand (their last error kept for the record)."""
-    now = time.time()
-    records = [
-        replace(s, compensation=CompensationRecord(
-            "compensated", s.compensation.attempts, s.compensation.error, finished_at=now,
-        ))
-        for s in execution.steps
-        if s.compensation is not None and s.compensation.status == "failed"
-    ]
-    failure = execution.error
-    if failure is not None:
-        failure = SagaFailure(failure.failed_step, failure.cause, (), failure.reason)
-    final: ExecutionStatus = (
-        "cancelled" if failure is not None and failure.reason == "cancelled" else "compensated"
-    )
-    return JournalWrite.build(now, *records, status=final, failure=failure)
+        click.echo(f"{key!r}: compensations of {', '.join(done.steps)} are owed again; {how}")
 
 
 @main.command()
@@ -398,24 +350,16 @@ def purge(journal: Journal, older_than: float, include_compensation_failed: bool
           dry_run: bool, as_json: bool) -> None:
     """Delete the records of ended executions (they also expire on their own after
     the store's retention, except compensation_failed)."""
-    now = time.time()
-    doomed = [
-        e for e in journal.executions()
-        if e.terminal and now - e.updated_at >= older_than
-        and (include_compensation_failed or e.status != "compensation_failed")
-    ]
-    deleted = []
-    for execution in doomed:
-        try:
-            if dry_run or journal.call(partial(journal.store.purge, execution.key)):
-                deleted.append(execution.key)
-        except ValueError:  # reopened or resumed meanwhile: not ended any more
-            continue
+    purged = journal.call(lambda: admin.purge(
+        journal.store, older_than=older_than,
+        include_compensation_failed=include_compensation_failed, dry_run=dry_run,
+    ))
+    skip(purged.skipped)
     if as_json:
-        emit({"dry_run": dry_run, "deleted": deleted})
+        emit({"dry_run": dry_run, "deleted": list(purged.deleted)})
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {len(deleted)} ended executions older than {age(older_than)}")
+    click.echo(f"{verb} {len(purged.deleted)} ended executions older than {age(older_than)}")
 
 
 @main.command()
