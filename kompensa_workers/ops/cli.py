@@ -489,11 +489,7 @@ def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
         from ..dramatiq import recover as dramatiq_recover
 
         return lambda: dramatiq_recover(app, journal.store)
-    if kind == "rq":
-        from ..rq import recover as rq_recover
-
-        return lambda: rq_recover(app.connection, journal.store, serializer=app.serializer)
-    if kind == "redis":
+    if kind in ("rq", "redis"):  # a Queue, or a Redis connection
         from ..rq import recover as rq_recover
 
         return lambda: rq_recover(app, journal.store)
