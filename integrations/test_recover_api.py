@@ -1,0 +1,80 @@
+"""``recover(app | broker | queue)`` with no store, as an operator's script calls it:
+in a process of its own that imports the worker app, after the only worker died
+holding a saga mid-step and nothing else recovers. It finds the journals of the saga
+tasks declared on that app, broker or queue — on RabbitMQ too, where no Redis
+broker could stand in — sends the saga again, and a new worker finishes it without
+re-running a finished step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from . import conformance
+from .celery_harness import CeleryHarness
+from .dramatiq_harness import DramatiqHarness
+from .processes import ROOT
+from .rq_harness import RQHarness
+from .servers import CI, redis_servers
+from .test_celery import RABBITMQ, rabbitmq_reachable
+
+# What the operator's script runs, per harness: the app module's own object.
+RECOVER = {
+    "celery": "from integrations.apps.celery_app import app as target\n"
+              "from kompensa_workers.celery import recover\n",
+    "dramatiq": "from integrations.apps.dramatiq_app import broker as target\n"
+                "from kompensa_workers.dramatiq import recover\n",
+    "rq": "from integrations.apps.rq_app import queue as target\n"
+          "from kompensa_workers.rq import recover\n",
+}
+HARNESSES = {"celery": CeleryHarness, "dramatiq": DramatiqHarness, "rq": RQHarness}
+
+
+@pytest.fixture(params=["celery-redis", "celery-rabbitmq", "dramatiq-redis",
+                        "dramatiq-rabbitmq", "rq-redis"])
+def harness(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    adapter, broker = request.param.split("-")
+    if broker == "rabbitmq" and not rabbitmq_reachable():
+        if CI:
+            pytest.fail("RabbitMQ is not reachable; CI=true makes a missing service a failure")
+        pytest.skip("RabbitMQ is not reachable")
+    with redis_servers(1) as [server]:
+        url = server.url if broker == "redis" else RABBITMQ
+        made = HARNESSES[adapter](url, server.url.replace("/0", "/1"))
+        try:
+            yield adapter, made
+        finally:
+            made.close()
+
+
+def test_recover_with_no_store_finds_the_declared_journals(harness: tuple[str, Any]) -> None:
+    adapter, kit = harness
+    # Given the only worker (no recovery thread) killed while a saga is mid-step,
+    doomed = kit.start_worker(concurrency=1)
+    o = conformance.order()
+    message_id = kit.send("kw.slow", o, 3.0)
+    conformance.wait_for(lambda: conformance.entries(kit, "start", message_id), 30,
+                         "the slow step")
+    doomed.kill()
+    time.sleep(kit.lock_ttl + 0.5)  # its lease expires: the execution is due
+    # when an operator's script calls recover() on the app's own object, no store,
+    done = subprocess.run(
+        [sys.executable, "-c", RECOVER[adapter] + "print(recover(target))"],
+        cwd=ROOT, env=kit.env, capture_output=True, text=True, timeout=60,
+    )
+    # then it sent that saga again (the journals of the declared saga tasks),
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1", (done.stdout, done.stderr)
+    # and a new worker finishes it without re-running a finished step.
+    survivor = kit.start_worker(concurrency=2)
+    try:
+        assert kit.outcome(message_id, 60) == ("success", f"shipped {o}")
+    finally:
+        survivor.stop()
+    assert conformance.runs(kit, message_id)["reserve"] == 1
+    assert conformance.runs(kit, message_id)["ship"] == 1
