@@ -277,3 +277,104 @@ def test_a_saga_that_retried_through_the_broker_is_one_trace() -> None:
     attempts = [s.attributes["kompensa.attempt"] for s in exporter.get_finished_spans()
                 if s.name == "step charge"]
     assert attempts == [1, 2, 3]
+
+
+class Captured:
+    """Stands in for the signature a delivery sends again: records what it was."""
+
+    def __init__(self, sent: list[dict[str, Any]], options: dict[str, Any]) -> None:
+        self.sent, self.options = sent, options
+
+    def apply_async(self) -> None:
+        self.sent.append(self.options)
+
+
+def deliver_once(task: Any, args: list[Any], **request: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Run one worker delivery of ``task`` in this process; return what it raised or
+    returned, and what it sent again."""
+    sent: list[dict[str, Any]] = []
+    original = task.signature_from_request
+    task.signature_from_request = lambda req, *a, **options: (
+        Captured(sent, options) if "countdown" in options else original(req, *a, **options))
+    task.push_request(retries=0, args=args, kwargs={}, delivery_info={}, called_directly=False,
+                      is_eager=False, **request)
+    try:
+        try:
+            outcome: Any = task.run(*args)
+        except Exception as exc:
+            outcome = exc
+    finally:
+        task.pop_request()
+        del task.signature_from_request
+    return outcome, sent
+
+
+def test_the_task_time_limit_bounds_a_delivery() -> None:
+    from celery.exceptions import Retry as CeleryRetry
+
+    celery_app = app()
+    store = MemoryStore()
+    ran: list[str] = []
+
+    def slow_charge(order: str) -> str:
+        ran.append("charge")
+        deadline = time.monotonic() + 5
+        while not current_step().cancelled.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return f"ch-{order}"
+
+    @saga_task(celery_app, store=store, soft_time_limit=1, time_limit=5,
+               retry=Retry(attempts=2, initial=0.1, jitter=False))
+    def checkout(saga: Saga, order: str) -> str:
+        saga.step("reserve", lambda: ran.append("reserve"))
+        return str(saga.step("charge", slow_charge, order))
+
+    # Given a task whose soft time limit (1 s) is below its hard one,
+    started = time.monotonic()
+    outcome, sent = deliver_once(checkout, ["42"], id="t-1", timelimit=(None, None))
+    # a step running into it ends as a StepTimeout before Celery's own limit,
+    assert time.monotonic() - started < 1.0
+    assert isinstance(outcome, CeleryRetry), outcome
+    execution = store.get("t-1")
+    assert execution is not None and execution.status == "waiting"
+    [charge] = [s for s in execution.steps if s.name == "charge"]
+    assert charge.error is not None and charge.error.type_name.endswith("StepTimeout")
+    # and the retry is the same task id sent again with the lease token.
+    [again] = sent
+    assert again["headers"]["kompensa_lease_token"]
+    # A message's own limits win over the task's: 0.5 s here.
+    started = time.monotonic()
+    deliver_once(checkout, ["43"], id="t-2", timelimit=(None, 0.5))
+    assert time.monotonic() - started < 0.5
+    assert ran.count("reserve") == 2
+
+
+def test_code_changed_under_a_running_saga_is_deferred_not_failed() -> None:
+    from celery.exceptions import Ignore
+
+    celery_app = app()
+    store = MemoryStore(lock_ttl=7.0)
+    version = {"step": "reserve"}
+
+    @saga_task(celery_app, store=store, retry=Retry(attempts=3, initial=30, jitter=False))
+    def checkout(saga: Saga, order: str) -> str:
+        saga.step(version["step"], lambda: (_ for _ in ()).throw(TransientError("later")))
+        return order
+
+    # Given a saga waiting for its retry (the first attempt of 'reserve' failed),
+    _, [retry] = deliver_once(checkout, ["42"], id="t-9")
+    waiting = store.get("t-9")
+    assert waiting is not None and waiting.status == "waiting"
+    # when a deploy renames the step and the retry arrives with its lease token,
+    version["step"] = "hold"
+    token = retry["headers"]["kompensa_lease_token"]
+    outcome, sent = deliver_once(checkout, ["42"], id="t-9", kompensa_lease_token=token,
+                                 headers={"kompensa_lease_token": token})
+    # then nothing is written or compensated: the same task id is sent again after
+    # the lease TTL, and this delivery ends without a state (not FAILURE).
+    assert isinstance(outcome, Ignore), outcome
+    assert [(s["countdown"], "kompensa_lease_token" in s["headers"]) for s in sent] == [
+        (7.0, False)]
+    after = store.get("t-9")
+    assert after is not None and after.status == "waiting"
+    assert [s.name for s in after.steps] == ["reserve"]
