@@ -100,11 +100,27 @@ def test_paused_worker_past_its_lease_still_finishes(harness: CeleryHarness, poo
     conformance.paused_worker_past_its_lease_still_finishes(harness)
 
 
-def test_a_hard_time_limit_brings_the_message_back(harness: CeleryHarness, pool: None) -> None:
+def test_the_time_limit_cuts_a_step_before_celery_does(harness: CeleryHarness, pool: None) -> None:
     o = conformance.order()
     message_id = harness.send("kw.limited", o, 4.0)
-    # Celery records the time limit as FAILURE at once; the message comes back and
-    # the saga resumes (reserve is not run again) and ends SUCCESS.
+    # the attempt is cut as a StepTimeout before Celery's hard time limit fires...
+    state, error = harness.outcome(message_id, 30)
+    # ...and with no retry policy on the step, the saga fails and is compensated.
+    assert state == "failure"
+    assert type(error.cause).__name__ == "StepTimeout", repr(error)
+    assert [e["step"] for e in conformance.entries(harness, "undo", message_id)] == ["reserve"]
+    logs = "".join(w.tail() for w in harness.workers)
+    assert "TimeLimitExceeded" not in logs and "Hard time limit" not in logs
+
+
+def test_a_step_past_the_hard_time_limit_resumes_and_ends_once(
+    harness: CeleryHarness, pool: None,
+) -> None:
+    o = conformance.order()
+    message_id = harness.send("kw.blocked", o, 4.0)  # blocked in C past the hard limit
+    # Celery records the time limit as FAILURE at once and kills the child; the
+    # saga comes back (the message, or the budget's own re-send), resumes
+    # (reserve is not run again), runs the step's second attempt and ends SUCCESS.
     conformance.wait_for(
         lambda: len(conformance.entries(harness, "start", message_id)) >= 2, 30,
         "the attempt after the time limit",

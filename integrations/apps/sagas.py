@@ -153,6 +153,23 @@ def overrun_once(saga: Saga, order_id: str, seconds: float) -> str:
     return saga.step("work", overrun, seconds)  # type: ignore[no-any-return]
 
 
+def block(seconds: float) -> str:
+    mark("start")
+    if current_step().attempt == 1:  # one call in C: no thread interrupt reaches it
+        time.sleep(seconds)
+    mark("run")
+    return "done"
+
+
+def blocked_once(saga: Saga, order_id: str, seconds: float) -> str:
+    """Like overrun_once, but the first attempt blocks in one C call, which the
+    delivery's time budget reaches only when a signal interrupts it (Celery's hard
+    time limit: SIGTERM, then SIGKILL); the step may try twice."""
+    saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    return saga.step("work", block, seconds,  # type: ignore[no-any-return]
+                     retry=Retry(attempts=2, initial=0.1, jitter=False))
+
+
 def headers_seen(failures: int) -> str:
     from celery import current_task
 
