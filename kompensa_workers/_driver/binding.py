@@ -157,8 +157,9 @@ class SagaBinding:
         within = self.options.claim_timeout
         if within is None:
             return
-        key = self.key_of(dispatch.args, dispatch.kwargs, dispatch.id)
+        key = dispatch.id
         try:
+            key = self.key_of(dispatch.args, dispatch.kwargs, dispatch.id)
             self.store.expect(
                 key, saga=self.name, dispatch=encode(dispatch.to_record(), what="dispatch"),
                 within=max(after, 0.0) + within, at=time.time(),
@@ -176,7 +177,8 @@ class SagaBinding:
         trace: Mapping[str, Any] | None = None, time_limit: float | None = None,
     ) -> Action:
         """One delivery of the saga, as the action its adapter takes."""
-        key = key or self.key_of(args, kwargs, dispatch.id)
+        if key is None:
+            key = self.key_of(args, kwargs, dispatch.id)
         options = self.options
         entered = tracing.enter(trace)
         try:
