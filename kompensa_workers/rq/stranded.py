@@ -11,7 +11,8 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from .job import SagaJob, find, forget_executions
+from .job import SagaJob, find
+from .recovery import forget_executions
 
 logger = logging.getLogger("kompensa_workers.rq")
 

@@ -11,7 +11,8 @@ from rq.job import Job
 
 from .._driver.recovery import recovery_thread
 from ..stores.protocol import Store
-from .job import recover, scheduler_running
+from .job import scheduler_running
+from .recovery import recover
 from .stranded import enqueue_unclaimed, never_claimed, recover_stranded
 
 logger = logging.getLogger("kompensa_workers.rq")
