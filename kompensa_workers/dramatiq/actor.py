@@ -45,19 +45,23 @@ class _Delivery:
 
 class _State(threading.local):
     delivery: _Delivery | None = None
-    quiet: bool = False  # this thread just ended a delivery quietly
+    quiet: str | None = None  # the message id this thread just ended quietly
 
 
 _state = _State()
 
 
 class _QuietSkips(logging.Filter):
-    """Drop the worker's "Message ... was skipped." warning for deliveries this
-    adapter ended quietly on purpose (it logs what it did at INFO instead)."""
+    """Drop the worker's warning that it skipped a message, for the delivery this
+    adapter just ended quietly on purpose (it logs what it did at INFO instead).
+    Dramatiq has no hook to end a delivery without it: the record is known by its
+    thread, its level and the message it names, not by its text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _state.quiet and "was skipped" in str(record.msg):
-            _state.quiet = False
+        named = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if (_state.quiet is not None and record.levelno == logging.WARNING
+                and getattr(named, "message_id", None) == _state.quiet):
+            _state.quiet = None
             return False
         return True
 
@@ -197,7 +201,7 @@ class SagaActor(Actor[..., Any]):
 def _quiet_end(message: Any, what: str) -> SkipMessage:
     """End this delivery acknowledged, reporting nothing (raise the result)."""
     message.options["store_results"] = False  # this delivery, not the one sent
-    _state.quiet = True
+    _state.quiet = message.message_id
     return SkipMessage(what)
 
 

@@ -56,7 +56,7 @@ class SagaMiddleware(Middleware):
 
     def after_skip_message(self, broker: Broker, message: Any) -> None:
         _state.delivery = None
-        _state.quiet = False  # the worker has logged (or not) by now
+        _state.quiet = None  # the worker has logged (or not) by now
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self.recovery is None:
