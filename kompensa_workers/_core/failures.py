@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SerializationError, _captured, _rebuilt
+from ..errors import SerializationError, StoredError
 from .codec import encode
+from .exception_data import captured, rebuilt
 
 __all__ = ["ErrorInfo"]
 
@@ -33,12 +34,13 @@ class ErrorInfo:
     @classmethod
     def capture(cls, exc: BaseException) -> ErrorInfo:
         """Record ``exc``; parts that cannot be encoded are left out."""
-        return cls.from_wire(_captured(exc, _encodable))
+        return cls.from_wire(captured(exc, _encodable))
 
     def restore(self) -> BaseException:
         """The exception again, as its original type when that can be rebuilt here."""
-        return _rebuilt(
-            self.type_name, self.message, self.args, self.attributes, self.traceback
+        return rebuilt(
+            self.type_name, self.message, self.args, self.attributes, self.traceback,
+            stand_in=StoredError,
         )
 
     def to_wire(self) -> list[Any]:
