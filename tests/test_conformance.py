@@ -1,6 +1,7 @@
 """The conformance scenarios (integrations/scenarios.py) on the in-process harnesses:
-Dramatiq's StubBroker with a worker in threads, and RQ SimpleWorkers on fakeredis.
-Each harness runs every scenario it can (real workers: integrations/test_conformance.py)."""
+a Celery worker in threads on the memory transport, Dramatiq's StubBroker with a
+worker in threads, and RQ SimpleWorkers on fakeredis. Each harness runs every
+scenario it can (real workers: integrations/test_conformance.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import pytest
 
 from integrations.scenarios import Scenario, pairs
 
+from .celery_stub import CeleryStubHarness
 from .dramatiq_stub import StubHarness
 from .rq_stub import RQStubHarness
 
-HARNESSES: dict[str, Any] = {"dramatiq-stub": StubHarness, "rq-fakeredis": RQStubHarness}
+HARNESSES: dict[str, Any] = {
+    "celery-memory": CeleryStubHarness, "dramatiq-stub": StubHarness,
+    "rq-fakeredis": RQStubHarness,
+}
 
 
 @pytest.mark.parametrize(("name", "scenario"), [
