@@ -10,11 +10,12 @@ import uuid
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, states
 
 from kompensa_workers import RedisStore
 from kompensa_workers.celery import saga_task
 
+from .conformance import Can
 from .processes import ROOT, WorkerProcess, elsewhere, pause
 
 
@@ -30,6 +31,9 @@ class CeleryWorker(WorkerProcess):
 
 class CeleryHarness:
     """One broker, one journal namespace, one queue; workers on demand."""
+
+    can = frozenset({Can.KILL, Can.KILL_MAIN, Can.PAUSE, Can.RECOVER, Can.LOSE,
+                     Can.TIME_LIMIT})
 
     def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
         self.lock_ttl = lock_ttl
@@ -96,6 +100,12 @@ class CeleryHarness:
             logs = "\n".join(w.tail() for w in self.workers)
             raise AssertionError(f"{message_id}: {exc}\n{logs}") from exc
         return ("success", value) if result.state == "SUCCESS" else ("failure", value)
+
+    def reported(self, message_id: str) -> tuple[str, Any] | None:
+        result = self.app.AsyncResult(message_id)
+        if result.state not in states.READY_STATES:
+            return None
+        return ("success" if result.state == states.SUCCESS else "failure", result.result)
 
     def describe(self, message_id: str) -> str:
         """Where the broker holds a task, and what each worker's log says of it."""

@@ -21,6 +21,7 @@ from dramatiq.results.backends import RedisBackend
 from kompensa_workers import RedisStore
 from kompensa_workers.dramatiq import saga_task
 
+from .conformance import Can
 from .processes import ROOT, WorkerProcess, elsewhere, pause, proc_stat
 
 
@@ -37,6 +38,8 @@ class DramatiqWorker(WorkerProcess):
 
 class DramatiqHarness:
     """One broker, one journal namespace, one queue; workers on demand."""
+
+    can = frozenset({Can.KILL, Can.PAUSE, Can.RECOVER, Can.LOSE, Can.TIME_LIMIT})
 
     def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
         if broker_url.startswith("amqp") and broker_url.endswith("//"):
@@ -99,22 +102,26 @@ class DramatiqHarness:
         self.broker.flush(self.queue)
 
     def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
-        message = self.sent[message_id]
         deadline = time.monotonic() + timeout
-        while True:  # polled: a long blocking read outlives redis-py's socket timeout
-            try:
-                value = self.backend.get_result(message)
-            except ResultMissing:
-                if time.monotonic() > deadline:
-                    logs = "\n".join(w.tail() for w in self.workers)
-                    raise AssertionError(f"{message_id}: no result in {timeout}s\n{logs}") from None
-                time.sleep(0.1)
-                continue
-            except ResultFailure:
-                key = message_id if message.actor_name != "kw.keyed" else f"order-{message.args[0]}"
-                execution = self.store.get(key)
-                return ("failure", execution.exception() if execution is not None else None)
-            return ("success", value)
+        while (reported := self.reported(message_id)) is None:
+            # polled: a long blocking read outlives redis-py's socket timeout
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.tail() for w in self.workers)
+                raise AssertionError(f"{message_id}: no result in {timeout}s\n{logs}")
+            time.sleep(0.1)
+        return reported
+
+    def reported(self, message_id: str) -> tuple[str, Any] | None:
+        message = self.sent[message_id]
+        try:
+            value = self.backend.get_result(message)
+        except ResultMissing:
+            return None
+        except ResultFailure:
+            key = message_id if message.actor_name != "kw.keyed" else f"order-{message.args[0]}"
+            execution = self.store.get(key)
+            return ("failure", execution.exception() if execution is not None else None)
+        return ("success", value)
 
     def ledger(self) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(f"{self.namespace}:ledger", 0, -1)]

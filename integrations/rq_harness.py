@@ -21,7 +21,11 @@ from rq.serializers import JSONSerializer
 
 from kompensa_workers import RedisStore
 
+from .conformance import Can
 from .processes import ROOT, pause, proc_stat, session_members
+
+# What a producer enqueues each saga job with (as its SagaJob's .delay() would).
+JOB_OPTIONS: dict[str, dict[str, Any]] = {"kw.overrunning": {"timeout": 3}}
 
 
 class RQWorker:
@@ -81,7 +85,11 @@ class RQWorker:
 
 
 class RQHarness:
-    """One RQ Redis, one journal namespace, one queue; workers on demand."""
+    """One RQ Redis, one journal namespace, one queue; workers on demand (each with
+    recovery every second: ``integrations.apps.rq_app.Worker``)."""
+
+    can = frozenset({Can.KILL, Can.KILL_MAIN, Can.ORPHAN_RUNS_ON, Can.PAUSE, Can.RECOVER,
+                     Can.TIME_LIMIT})
 
     def __init__(self, broker_url: str, redis_url: str, lock_ttl: float = 3.0) -> None:
         self.lock_ttl = lock_ttl
@@ -117,7 +125,7 @@ class RQHarness:
         """Enqueue by path, as a producer that does not import the app would."""
         job = self.queue.enqueue_call(
             f"integrations.apps.rq_app.{saga.removeprefix('kw.')}", args=args, job_id=message_id,
-            **options,
+            **{**JOB_OPTIONS.get(saga, {}), **options},
         )
         return str(job.id)
 
@@ -127,20 +135,25 @@ class RQHarness:
     def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = Job.fetch(message_id, connection=self.connection, serializer=JSONSerializer)
-            status = job.get_status()
-            if status == JobStatus.FINISHED:
-                return ("success", job.return_value())
-            if status == JobStatus.FAILED:
-                key = message_id if not job.func_name.endswith(".keyed") else (
-                    f"order-{job.args[0]}")
-                execution = self.store.get(key)
-                if execution is not None and execution.exception() is not None:
-                    return ("failure", execution.exception())
-                # a horse killed mid-step: RQ failed the job; recovery brings it back
+            reported = self.reported(message_id)
+            if reported is not None:
+                return reported
             time.sleep(0.1)
         logs = "\n".join(w.tail() for w in self.workers)
         raise AssertionError(f"{message_id}: no outcome in {timeout}s\n{logs}")
+
+    def reported(self, message_id: str) -> tuple[str, Any] | None:
+        job = Job.fetch(message_id, connection=self.connection, serializer=JSONSerializer)
+        status = job.get_status()
+        if status == JobStatus.FINISHED:
+            return ("success", job.return_value())
+        if status == JobStatus.FAILED:
+            key = message_id if not job.func_name.endswith(".keyed") else f"order-{job.args[0]}"
+            execution = self.store.get(key)
+            if execution is not None and execution.exception() is not None:
+                return ("failure", execution.exception())
+            # a horse killed mid-step: RQ failed the job; recovery brings it back
+        return None
 
     def describe(self, message_id: str) -> str:
         """Where RQ holds a job: its status and the registries naming it."""

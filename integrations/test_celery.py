@@ -1,10 +1,9 @@
-"""Celery: the conformance suite with real `celery worker` processes, on the Redis
-broker and on RabbitMQ."""
+"""Celery: what only Celery has, with real `celery worker` processes on the Redis
+broker and on RabbitMQ: time limits that kill the pool child, chains, revoke,
+message headers, link callbacks (the conformance scenarios: test_conformance.py)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Iterator
 
@@ -14,103 +13,20 @@ from kompensa_workers import RedisStore
 
 from . import conformance
 from .celery_harness import CeleryHarness
-from .servers import CI, redis_servers
-
-RABBITMQ = os.environ.get("KOMPENSA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+from .harnesses import open_harness
 
 
-def rabbitmq_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+@pytest.fixture(scope="module", params=["celery-redis", "celery-rabbitmq"])
 def harness(request: pytest.FixtureRequest) -> Iterator[CeleryHarness]:
-    if request.param == "rabbitmq" and not rabbitmq_reachable():
-        if CI:
-            pytest.fail("RabbitMQ is not reachable; CI=true makes a missing service a failure")
-        pytest.skip("RabbitMQ is not reachable")
-    with redis_servers(1) as [server]:
-        broker = server.url if request.param == "redis" else RABBITMQ
-        harness = CeleryHarness(broker, server.url.replace("/0", "/1"))
-        try:
-            yield harness
-        finally:
-            harness.close()
+    with open_harness(request.param) as harness:
+        yield harness
 
 
 @pytest.fixture
 def pool(harness: CeleryHarness) -> Iterator[None]:
     """A 4-slot worker for one test (each test owns the queue while it runs)."""
-    worker = harness.start_worker(concurrency=4)
-    yield
-    worker.stop()
-
-
-def test_hundred_sagas_succeed(harness: CeleryHarness, pool: None) -> None:
-    conformance.hundred_sagas_succeed(harness)
-
-
-def test_permanent_failure_is_compensated(harness: CeleryHarness, pool: None) -> None:
-    conformance.permanent_failure_is_compensated(harness)
-
-
-def test_duplicate_message_runs_each_step_once(harness: CeleryHarness, pool: None) -> None:
-    conformance.duplicate_message_runs_each_step_once(harness)
-
-
-def test_killed_child_resumes_without_rerunning_completed_steps(
-    harness: CeleryHarness, pool: None
-) -> None:
-    conformance.killed_child_resumes_without_rerunning_completed_steps(harness)
-
-
-def test_business_key_answers_from_the_journal(harness: CeleryHarness, pool: None) -> None:
-    conformance.business_key_answers_from_the_journal(harness)
-
-
-def test_an_async_saga_retries_through_the_broker(harness: CeleryHarness) -> None:
-    worker = harness.start_worker(concurrency=2)
-    try:
-        conformance.async_saga_retries_through_the_broker(harness)
-    finally:
-        worker.stop()
-
-
-def test_retry_waits_in_the_broker_with_the_slot_free(harness: CeleryHarness) -> None:
-    worker = harness.start_worker(concurrency=1)
-    try:
-        conformance.retry_waits_in_the_broker_with_the_slot_free(harness)
-    finally:
-        worker.stop()
-
-
-def test_killed_worker_is_recovered_within_the_lease(harness: CeleryHarness) -> None:
-    conformance.killed_worker_is_recovered_within_the_lease(harness)
-
-
-def test_killed_main_process_is_recovered_within_the_lease(harness: CeleryHarness) -> None:
-    conformance.killed_worker_is_recovered_within_the_lease(harness, whole=False)
-
-
-def test_paused_worker_past_its_lease_still_finishes(harness: CeleryHarness, pool: None) -> None:
-    conformance.paused_worker_past_its_lease_still_finishes(harness)
-
-
-def test_the_time_limit_cuts_a_step_before_celery_does(harness: CeleryHarness, pool: None) -> None:
-    o = conformance.order()
-    message_id = harness.send("kw.limited", o, 4.0)
-    # the attempt is cut as a StepTimeout before Celery's hard time limit fires...
-    state, error = harness.outcome(message_id, 30)
-    # ...and with no retry policy on the step, the saga fails and is compensated.
-    assert state == "failure"
-    assert type(error.cause).__name__ == "StepTimeout", repr(error)
-    assert [e["step"] for e in conformance.entries(harness, "undo", message_id)] == ["reserve"]
-    logs = "".join(w.tail() for w in harness.workers)
-    assert "TimeLimitExceeded" not in logs and "Hard time limit" not in logs
+    with conformance.pool(harness, concurrency=4):
+        yield
 
 
 def test_a_step_past_the_hard_time_limit_resumes_and_ends_once(
@@ -191,7 +107,3 @@ def test_a_duplicate_does_not_fire_callbacks_twice(harness: CeleryHarness, pool:
     assert harness.outcome(message_id, 30)[0] == "success"
     time.sleep(harness.lock_ttl + 2)  # the deferred duplicate comes back and ends
     assert [e.get("tag") for e in harness.ledger() if e["kind"] == "ordinary"].count(tag) == 1
-
-
-def test_a_message_lost_before_any_worker_saw_it_is_sent_again(harness: CeleryHarness) -> None:
-    conformance.lost_message_is_sent_again(harness)

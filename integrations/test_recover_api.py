@@ -16,12 +16,8 @@ from typing import Any
 import pytest
 
 from . import conformance
-from .celery_harness import CeleryHarness
-from .dramatiq_harness import DramatiqHarness
+from .harnesses import HARNESSES, open_harness
 from .processes import ROOT
-from .rq_harness import RQHarness
-from .servers import CI, redis_servers
-from .test_celery import RABBITMQ, rabbitmq_reachable
 
 # What the operator's script runs, per harness: the app module's own object.
 RECOVER = {
@@ -32,24 +28,12 @@ RECOVER = {
     "rq": "from integrations.apps.rq_app import queue as target\n"
           "from kompensa_workers.rq import recover\n",
 }
-HARNESSES = {"celery": CeleryHarness, "dramatiq": DramatiqHarness, "rq": RQHarness}
 
 
-@pytest.fixture(params=["celery-redis", "celery-rabbitmq", "dramatiq-redis",
-                        "dramatiq-rabbitmq", "rq-redis"])
+@pytest.fixture(params=sorted(HARNESSES))
 def harness(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
-    adapter, broker = request.param.split("-")
-    if broker == "rabbitmq" and not rabbitmq_reachable():
-        if CI:
-            pytest.fail("RabbitMQ is not reachable; CI=true makes a missing service a failure")
-        pytest.skip("RabbitMQ is not reachable")
-    with redis_servers(1) as [server]:
-        url = server.url if broker == "redis" else RABBITMQ
-        made = HARNESSES[adapter](url, server.url.replace("/0", "/1"))
-        try:
-            yield adapter, made
-        finally:
-            made.close()
+    with open_harness(request.param) as made:
+        yield request.param.split("-")[0], made
 
 
 def test_recover_with_no_store_finds_the_declared_journals(harness: tuple[str, Any]) -> None:

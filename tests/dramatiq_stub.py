@@ -10,10 +10,11 @@ import dramatiq
 import fakeredis
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.results import Results, ResultTimeout
+from dramatiq.results import ResultFailure, ResultMissing, Results, ResultTimeout
 from dramatiq.results.backends import StubBackend
 
 from integrations.apps import sagas
+from integrations.conformance import Can
 from kompensa_workers import MemoryStore, SagaError
 from kompensa_workers.dramatiq import SagaActor, saga_task
 
@@ -24,9 +25,12 @@ class StubWorker:
     def __init__(self, broker: StubBroker, threads: int) -> None:
         self.worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
         self.worker.start()
+        self.stopped = False
 
     def stop(self) -> None:
-        self.worker.stop()
+        if not self.stopped:
+            self.stopped = True
+            self.worker.stop()
 
     def kill(self) -> None:
         raise NotImplementedError("an in-process worker cannot be killed")
@@ -36,6 +40,9 @@ class StubWorker:
 
 class StubHarness:
     """One StubBroker with the conformance sagas declared on it."""
+
+    can = frozenset({Can.TIME_LIMIT})  # the StubBroker runs Dramatiq's TimeLimit
+    namespace = sagas.NAMESPACE
 
     def __init__(self, lock_ttl: float = 1.0) -> None:
         self.lock_ttl = lock_ttl
@@ -53,6 +60,11 @@ class StubHarness:
             "kw.slow": saga_task(actor_name="kw.slow", **declare)(sagas.slow),
             "kw.keyed": saga_task(actor_name="kw.keyed", key=sagas.order_key,
                                   **declare)(sagas.keyed),
+            "kw.async_flaky": saga_task(actor_name="kw.async_flaky",
+                                        **declare)(sagas.async_flaky),
+            "kw.renamed": saga_task(actor_name="kw.renamed", **declare)(sagas.renamed),
+            "kw.overrunning": saga_task(actor_name="kw.overrunning", time_limit=2000,
+                                        **declare)(sagas.overrunning),
         }
 
         @dramatiq.actor(actor_name="kw.ordinary", broker=self.broker, queue_name=QUEUE,
@@ -94,6 +106,20 @@ class StubHarness:
             return ("failure", error)
         except ResultTimeout as exc:
             raise AssertionError(f"{message_id}: no result in {timeout}s") from exc
+        return ("success", value)
+
+    def reported(self, message_id: str) -> tuple[str, Any] | None:
+        message = self.sent[message_id]
+        actor = self.actors[message.actor_name]
+        try:
+            if isinstance(actor, SagaActor):
+                value = actor.get_saga_result(message)
+            else:
+                value = message.get_result(backend=self.broker.get_results_backend())
+        except ResultMissing:
+            return None
+        except (SagaError, ResultFailure) as error:
+            return ("failure", error)
         return ("success", value)
 
     def ledger(self) -> list[dict[str, Any]]:

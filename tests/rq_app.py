@@ -31,15 +31,16 @@ def install(connection: Redis, lock_ttl: float = 1.0) -> Queue:
     store = RedisStore(connection, lock_ttl=lock_ttl, namespace="kw-rq")
     made: dict[str, Any] = {
         "checkout": sagas.checkout, "flaky": sagas.flaky, "doomed": sagas.doomed,
-        "slow": sagas.slow, "keyed": sagas.keyed,
+        "slow": sagas.slow, "keyed": sagas.keyed, "async_flaky": sagas.async_flaky,
+        "renamed": sagas.renamed, "overrunning": sagas.overrunning,
     }
     extra: dict[str, dict[str, Any]] = {
         "keyed": {"key": sagas.order_key},
         "told": {"on_success": Callback(tell), "timeout": 30},
+        "overrunning": {"timeout": 3},
     }
     # Named apart from their jobs: install() rebinds each job name to its SagaJob.
     made["told"] = retry_then_succeed
-    made["async_flaky"] = flaky_async_saga
     made["unrefundable"] = refund_fails_for_good
     for name, fn in made.items():
         job = saga_task(queue, store=store, name=f"{__name__}.{name}", **extra.get(name, {}))(fn)
@@ -72,20 +73,6 @@ def refund_fails_for_good(saga: Any, order_id: str) -> None:
 
 def nowhere(saga: Any) -> None:
     """A saga whose job is bound where no worker can import it."""
-
-
-async def flaky_async_saga(saga: Any, order_id: str) -> str:
-    """An async saga whose async charge fails once and waits in the scheduler."""
-
-    async def charge() -> str:
-        sagas.mark("run")
-        if sagas.current_step().attempt == 1:
-            raise sagas.TransientError("card network timeout")
-        return f"ch-{order_id}"
-
-    await saga.step("reserve", sagas.effect, f"res-{order_id}", compensate=sagas.undo)
-    return await saga.step(  # type: ignore[no-any-return]
-        "charge", charge, retry=sagas.Retry(attempts=2, initial=0.3, jitter=False))
 
 
 def charge_only(saga: Any, order_id: str) -> str:

@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
 from integrations.apps import sagas
+from integrations.conformance import Can
 from kompensa_workers import SagaError
 
 from . import rq_app
@@ -59,6 +60,9 @@ class StubWorker:
 
 
 class RQStubHarness:
+    can = frozenset({Can.TIME_LIMIT})  # job timeouts, by a timer thread
+    namespace = sagas.NAMESPACE
+
     def __init__(self, lock_ttl: float = 1.0) -> None:
         self.lock_ttl = lock_ttl
         self.redis = fakeredis.FakeRedis()
@@ -95,20 +99,26 @@ class RQStubHarness:
     def outcome(self, message_id: str, timeout: float) -> tuple[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = Job.fetch(message_id, connection=self.redis, serializer=JSONSerializer)
-            status = job.get_status()
-            if status == JobStatus.FINISHED:
-                return ("success", job.return_value())
-            if status == JobStatus.FAILED:
-                saga = rq_app.jobs.get(f"kw.{job.func_name.rsplit('.', 1)[-1]}")
-                assert saga is not None, job.func_name
-                try:
-                    saga.get_saga_result(job)
-                except SagaError as error:
-                    return ("failure", error)
-                raise AssertionError(f"{message_id} failed without a saga error")
+            reported = self.reported(message_id)
+            if reported is not None:
+                return reported
             time.sleep(0.05)
         raise AssertionError(f"{message_id}: no outcome in {timeout}s")
+
+    def reported(self, message_id: str) -> tuple[str, Any] | None:
+        job = Job.fetch(message_id, connection=self.redis, serializer=JSONSerializer)
+        status = job.get_status()
+        if status == JobStatus.FINISHED:
+            return ("success", job.return_value())
+        if status == JobStatus.FAILED:
+            saga = rq_app.jobs.get(f"kw.{job.func_name.rsplit('.', 1)[-1]}")
+            assert saga is not None, job.func_name
+            try:
+                saga.get_saga_result(job)
+            except SagaError as error:
+                return ("failure", error)
+            raise AssertionError(f"{message_id} failed without a saga error")
+        return None
 
     def ledger(self) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(f"{sagas.NAMESPACE}:ledger", 0, -1)]

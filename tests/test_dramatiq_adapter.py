@@ -1,13 +1,12 @@
-"""The Dramatiq adapter on the StubBroker with an in-process worker: the adapter
-conformance scenarios, and what a Dramatiq user sees of deferrals, failures,
-results, pipelines, time limits and recovery (real workers: integrations/)."""
+"""The Dramatiq adapter on the StubBroker with an in-process worker: what a Dramatiq
+user sees of deferrals, failures, results, pipelines, time limits and recovery (the
+conformance scenarios: tests/test_conformance.py; real workers: integrations/)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -39,48 +38,7 @@ from kompensa_workers.dramatiq import (
     saga_task,
 )
 
-from .dramatiq_stub import StubHarness
 from .support import Crash, Ledger
-
-# -- the conformance scenarios --------------------------------------------------
-
-
-@pytest.fixture
-def harness() -> Iterator[StubHarness]:
-    harness = StubHarness()
-    try:
-        yield harness
-    finally:
-        harness.close()
-
-
-@pytest.fixture
-def pool(harness: StubHarness) -> None:
-    harness.start_worker(concurrency=4)
-
-
-def test_hundred_sagas_succeed(harness: StubHarness, pool: None) -> None:
-    conformance.hundred_sagas_succeed(harness)
-
-
-def test_retry_waits_in_the_broker_with_the_slot_free(harness: StubHarness) -> None:
-    harness.start_worker(concurrency=1)
-    conformance.retry_waits_in_the_broker_with_the_slot_free(harness)
-
-
-def test_permanent_failure_is_compensated(harness: StubHarness, pool: None) -> None:
-    conformance.permanent_failure_is_compensated(harness)
-
-
-def test_duplicate_message_runs_each_step_once(harness: StubHarness, pool: None) -> None:
-    conformance.duplicate_message_runs_each_step_once(harness)
-
-
-def test_business_key_answers_from_the_journal(harness: StubHarness, pool: None) -> None:
-    conformance.business_key_answers_from_the_journal(harness)
-
-
-# -- a broker of our own for the rest ---------------------------------------------
 
 
 class Recorder(Middleware):  # type: ignore[misc]
@@ -196,7 +154,6 @@ def test_a_failed_saga_is_dead_lettered_once_with_its_error(broker: StubBroker) 
     assert undone.entries == [("undo", "r")]
 
 
-
 def test_a_compensation_that_kept_failing_is_reported_as_compensation_failed(
     broker: StubBroker,
 ) -> None:
@@ -237,6 +194,7 @@ def test_a_compensation_that_kept_failing_is_reported_as_compensation_failed(
     # Dramatiq's own result names it, and the message is dead-lettered once.
     assert plain.value.orig_exc_type == "CompensationFailed"
     assert [m.message_id for m in broker.dead_letters] == [message.message_id]
+
 
 def test_pipelines_and_callbacks_fire_once_for_a_saga_that_waited(broker: StubBroker) -> None:
     # Given a saga that retries once through the broker, piped into a plain actor,
@@ -540,39 +498,6 @@ def test_a_direct_call_and_a_message_are_the_same_saga(broker: StubBroker) -> No
     try:
         message = checkout.send("o-1")  # answered from the journal, not refused
         assert checkout.get_saga_result(message, block=True, timeout=10_000) == "paid o-1"
-    finally:
-        worker.stop()
-
-
-def test_code_changed_under_a_waiting_saga_resumes_once_it_matches_again(
-    broker: StubBroker,
-) -> None:
-    store = MemoryStore(lock_ttl=0.5)
-    version = [1]
-
-    def flaky() -> str:
-        if current_step().attempt == 1:
-            raise TransientError("later")
-        return "ok"
-
-    @saga_task(broker=broker, store=store, store_results=True,
-               retry=Retry(attempts=3, initial=0.5, jitter=False))
-    def checkout(saga: Saga) -> str:
-        saga.step("a" if version[0] == 1 else "renamed", lambda: 1)
-        return saga.step("b", flaky)  # type: ignore[no-any-return]
-
-    worker = run_worker(broker)
-    try:
-        message = checkout.send()
-        conformance.wait_for(
-            lambda: (e := store.get(message.message_id)) is not None and e.status == "waiting",
-            10, "the retry to be scheduled",
-        )
-        version[0] = 2  # a deploy renames the first step while the retry waits
-        time.sleep(1.5)
-        assert not broker.dead_letters  # not failed for good
-        version[0] = 1  # the deploy is rolled back
-        assert checkout.get_saga_result(message, block=True, timeout=10_000) == "ok"
     finally:
         worker.stop()
 

@@ -1,6 +1,6 @@
-"""The RQ adapter on fakeredis with SimpleWorkers: the adapter conformance scenarios,
-and what an RQ user sees of retries, failures, results and recovery (real workers:
-integrations/test_rq.py)."""
+"""The RQ adapter on fakeredis with SimpleWorkers: what an RQ user sees of retries,
+failures, results and recovery (the conformance scenarios: tests/test_conformance.py;
+real workers: integrations/)."""
 
 from __future__ import annotations
 
@@ -56,27 +56,6 @@ def harness() -> Iterator[RQStubHarness]:
 @pytest.fixture
 def pool(harness: RQStubHarness) -> None:
     harness.start_worker(concurrency=4)
-
-
-def test_hundred_sagas_succeed(harness: RQStubHarness, pool: None) -> None:
-    conformance.hundred_sagas_succeed(harness)
-
-
-def test_retry_waits_in_the_broker_with_the_slot_free(harness: RQStubHarness) -> None:
-    harness.start_worker(concurrency=1)
-    conformance.retry_waits_in_the_broker_with_the_slot_free(harness)
-
-
-def test_permanent_failure_is_compensated(harness: RQStubHarness, pool: None) -> None:
-    conformance.permanent_failure_is_compensated(harness)
-
-
-def test_duplicate_message_runs_each_step_once(harness: RQStubHarness, pool: None) -> None:
-    conformance.duplicate_message_runs_each_step_once(harness)
-
-
-def test_business_key_answers_from_the_journal(harness: RQStubHarness, pool: None) -> None:
-    conformance.business_key_answers_from_the_journal(harness)
 
 
 # -- what an RQ user sees -----------------------------------------------------------
@@ -381,14 +360,6 @@ def test_a_direct_call_and_a_synchronous_queue_run_in_process(harness: RQStubHar
         del rq_app.sync_told  # type: ignore[attr-defined]
     assert job.return_value() == "paid o-8"
     assert store.get(job.id) is not None
-
-
-def test_an_async_saga_job_waits_in_the_scheduler_and_finishes(
-    harness: RQStubHarness, pool: None
-) -> None:
-    job = rq_app.jobs["kw.async_flaky"].delay("o-11")
-    assert harness.outcome(job.id, 15) == ("success", "ch-o-11")
-    assert conformance.runs(harness, job.id) == {"reserve": 1, "charge": 2}
 
 
 def test_a_compensation_that_kept_failing_is_a_failed_job_with_compensation_failed(

@@ -43,7 +43,9 @@ async_flaky = saga_task(actor_name="kw.async_flaky", **options)(sagas.async_flak
 doomed = saga_task(actor_name="kw.doomed", **options)(sagas.doomed)
 slow = saga_task(actor_name="kw.slow", **options)(sagas.slow)
 keyed = saga_task(actor_name="kw.keyed", key=sagas.order_key, **options)(sagas.keyed)
-limited = saga_task(actor_name="kw.limited", time_limit=2000, **options)(sagas.overrun_once)
+overrunning = saga_task(actor_name="kw.overrunning", time_limit=2000,
+                        **options)(sagas.overrunning)
+renamed = saga_task(actor_name="kw.renamed", **options)(sagas.renamed)
 noop3 = saga_task(actor_name="kw.noop3", **options)(bench.noop3)
 storm = saga_task(actor_name="kw.storm", **options)(bench.storm)
 order = saga_task(actor_name="kw.order", **options)(chaos.order)

@@ -37,18 +37,23 @@ def journal() -> RedisStore:
 _ledger: redis.Redis | None = None
 
 
-def mark(kind: str, **details: Any) -> None:
-    """Append one entry to the effects ledger."""
+def ledger() -> redis.Redis:
+    """The Redis holding the effects ledger and the flags a test sets."""
     global _ledger
     if _ledger is None:
         _ledger = redis.Redis.from_url(os.environ["KW_REDIS_URL"])
+    return _ledger
+
+
+def mark(kind: str, **details: Any) -> None:
+    """Append one entry to the effects ledger."""
     try:
         ctx = current_step()
         where = {"key": ctx.key, "step": ctx.name, "attempt": ctx.attempt}
     except Exception:
         where = {}
     entry = {"kind": kind, "pid": os.getpid(), "at": time.time(), **where, **details}
-    _ledger.rpush(f"{NAMESPACE}:ledger", json.dumps(entry))
+    ledger().rpush(f"{NAMESPACE}:ledger", json.dumps(entry))
 
 
 def effect(value: str) -> str:
@@ -138,12 +143,17 @@ def keyed(saga: Saga, order_id: str) -> str:
     return f"paid {order_id}"
 
 
+def busy(seconds: float) -> None:
+    """Run Python code for ``seconds`` (code a thread interrupt can reach)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def overrun(seconds: float) -> str:
     mark("start")
     if current_step().attempt == 1:  # past the time limit
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:  # Python code a thread interrupt can reach
-            time.sleep(0.05)
+        busy(seconds)
     mark("run")
     return "done"
 
@@ -168,6 +178,40 @@ def blocked_once(saga: Saga, order_id: str, seconds: float) -> str:
     saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
     return saga.step("work", block, seconds,  # type: ignore[no-any-return]
                      retry=Retry(attempts=2, initial=0.1, jitter=False))
+
+
+def overrun_always(seconds: float) -> str:
+    mark("start")
+    busy(seconds)  # past the time limit, on every attempt
+    mark("run")
+    return "done"
+
+
+def overrunning(saga: Saga, order_id: str, seconds: float) -> str:
+    """A step that runs past the task's time limit on each of its two attempts."""
+    saga.step("reserve", effect, f"res-{order_id}", compensate=undo)
+    saga.step("work", overrun_always, seconds,
+              retry=Retry(attempts=2, initial=0.5, jitter=False))
+    saga.step("ship", effect, f"ship-{order_id}")
+    return f"shipped {order_id}"
+
+
+def deployed_key(namespace: str, order_id: str) -> str:
+    """Where a test sets the code version ("v1", "v2") it deploys for one order."""
+    return f"{namespace}:deployed:{order_id}"
+
+
+def renamed(saga: Saga, order_id: str, delay: float) -> str:
+    """``flaky`` (one failed charge, retried after ``delay``) whose first step version
+    "v2" of the code names differently: a deploy under a waiting execution.
+    Deterministic for each version."""
+    version = ledger().get(deployed_key(NAMESPACE, order_id)) or b"v1"
+    first = "reserve" if version == b"v1" else "hold"
+    saga.step(first, effect, f"res-{order_id}", compensate=undo)
+    saga.step("charge", flaky_charge, order_id, 1,
+              retry=Retry(attempts=2, initial=delay, jitter=False))
+    saga.step("ship", effect, f"ship-{order_id}")
+    return f"shipped {order_id}"
 
 
 def headers_seen(failures: int) -> str:
