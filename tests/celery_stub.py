@@ -5,7 +5,6 @@ sent again with a countdown, held by the worker until due, as on a real broker."
 
 from __future__ import annotations
 
-import json
 import uuid
 from contextlib import ExitStack
 from typing import Any
@@ -18,6 +17,8 @@ from integrations.apps import sagas
 from integrations.conformance import Can
 from kompensa_workers import MemoryStore
 from kompensa_workers.celery import saga_task
+
+from .support import InProcessHarness
 
 SAGAS: dict[str, tuple[Any, dict[str, Any]]] = {
     "kw.checkout": (sagas.checkout, {}),
@@ -47,7 +48,7 @@ class StubWorker:
     kill_main = kill
 
 
-class CeleryStubHarness:
+class CeleryStubHarness(InProcessHarness):
     """One Celery app on ``memory://`` with the conformance sagas declared on it.
     The thread pool enforces no time limits: no Can.TIME_LIMIT."""
 
@@ -100,15 +101,6 @@ class CeleryStubHarness:
         if result.state not in states.READY_STATES:
             return None
         return ("success" if result.state == states.SUCCESS else "failure", result.result)
-
-    def ledger(self) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.redis.lrange(f"{sagas.NAMESPACE}:ledger", 0, -1)]
-
-    def kill_child(self, pid: int) -> None:
-        raise NotImplementedError("an in-process worker cannot be killed")
-
-    def pause(self, pid: int, seconds: float) -> None:
-        raise NotImplementedError("an in-process worker cannot be paused")
 
     def close(self) -> None:
         for worker in self.workers:

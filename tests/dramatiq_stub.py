@@ -3,7 +3,6 @@ sagas of ``integrations/apps/sagas.py``, a fakeredis effects ledger."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import dramatiq
@@ -17,6 +16,8 @@ from integrations.apps import sagas
 from integrations.conformance import Can
 from kompensa_workers import MemoryStore, SagaError
 from kompensa_workers.dramatiq import SagaActor, saga_task
+
+from .support import InProcessHarness
 
 QUEUE = "kw"
 
@@ -38,7 +39,7 @@ class StubWorker:
     kill_main = kill
 
 
-class StubHarness:
+class StubHarness(InProcessHarness):
     """One StubBroker with the conformance sagas declared on it."""
 
     can = frozenset({Can.TIME_LIMIT})  # the StubBroker runs Dramatiq's TimeLimit
@@ -121,15 +122,6 @@ class StubHarness:
         except (SagaError, ResultFailure) as error:
             return ("failure", error)
         return ("success", value)
-
-    def ledger(self) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.redis.lrange(f"{sagas.NAMESPACE}:ledger", 0, -1)]
-
-    def kill_child(self, pid: int) -> None:
-        raise NotImplementedError("an in-process worker cannot be killed")
-
-    def pause(self, pid: int, seconds: float) -> None:
-        raise NotImplementedError("an in-process worker cannot be paused")
 
     def close(self) -> None:
         for worker in self.workers:

@@ -3,7 +3,6 @@ burst), a thread standing in for the scheduler, the sagas of ``tests/rq_app.py``
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from integrations.conformance import Can
 from kompensa_workers import SagaError
 
 from . import rq_app
+from .support import InProcessHarness
 
 
 class ThreadedWorker(SimpleWorker):
@@ -59,7 +59,7 @@ class StubWorker:
     kill_main = kill
 
 
-class RQStubHarness:
+class RQStubHarness(InProcessHarness):
     can = frozenset({Can.TIME_LIMIT})  # job timeouts, by a timer thread
     namespace = sagas.NAMESPACE
 
@@ -119,15 +119,6 @@ class RQStubHarness:
                 return ("failure", error)
             raise AssertionError(f"{message_id} failed without a saga error")
         return None
-
-    def ledger(self) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.redis.lrange(f"{sagas.NAMESPACE}:ledger", 0, -1)]
-
-    def kill_child(self, pid: int) -> None:
-        raise NotImplementedError("an in-process worker cannot be killed")
-
-    def pause(self, pid: int, seconds: float) -> None:
-        raise NotImplementedError("an in-process worker cannot be paused")
 
     def close(self) -> None:
         for worker in self.workers:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from integrations.apps import sagas
 from kompensa_workers._core.records import Execution
 from kompensa_workers.stores.protocol import Claim, JournalWrite, Lease, Store
 
@@ -87,3 +89,20 @@ class CrashingStore:
 
     def cancel(self, key: str) -> bool:
         return self.store.cancel(key)
+
+
+class InProcessHarness:
+    """What the in-process conformance harnesses share: the effects ledger in their
+    fake Redis, and no process of their own to kill or pause (they do not declare
+    those abilities, so no scenario asks)."""
+
+    redis: Any
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(f"{sagas.NAMESPACE}:ledger", 0, -1)]
+
+    def kill_child(self, pid: int) -> None:
+        raise NotImplementedError("an in-process worker cannot be killed")
+
+    def pause(self, pid: int, seconds: float) -> None:
+        raise NotImplementedError("an in-process worker cannot be paused")
