@@ -75,12 +75,16 @@ class RQWorker:
                 process.wait(10)
 
     def stop(self) -> None:
+        """A warm shutdown (SIGTERM), then whatever is left is killed. Five seconds,
+        not more: an idle worker's warm shutdown can stall up to 60 s stopping
+        redis-py's pubsub thread, and a test stops its workers once it is done."""
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
         for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(20)
+                process.wait(max(deadline - time.monotonic(), 0.1))
         self.kill()  # whatever is left behind (orphaned horses, schedulers)
 
 
