@@ -170,8 +170,9 @@ class SagaTask(Task):  # type: ignore[misc]
             raise Ignore()
         waited = int(self.request.get(REPORT_WAIT_HEADER) or 0)
         if waited < 3:
-            self._send_again(SendAgain(1.0, None, "waiting for the finisher's report"),
-                             {REPORT_WAIT_HEADER: waited + 1})
+            wait = SendAgain(1.0, None, "waiting for the finisher's report",
+                             tracing.carry(self.request.get(tracing.KEY)))
+            self._send_again(wait, {REPORT_WAIT_HEADER: waited + 1})
             raise Ignore()
 
     def _send_again(self, action: SendAgain, extra: Mapping[str, Any] | None = None) -> None:
@@ -182,9 +183,8 @@ class SagaTask(Task):  # type: ignore[misc]
         headers = _without_token(request.headers)
         if action.lease_token:
             headers[TOKEN_HEADER] = action.lease_token
-        trace = action.trace or tracing.carry(request.get(tracing.KEY))
-        if trace:
-            headers[tracing.KEY] = trace
+        if action.trace:
+            headers[tracing.KEY] = action.trace
         headers.update(extra or {})
         again = self.signature_from_request(
             request, countdown=max(action.delay, 0.0), headers=headers,
