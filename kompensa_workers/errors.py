@@ -19,6 +19,9 @@ The tree::
      ├── LeaseLost               a journal write was refused: a newer holder exists
      ├── SerializationError      a value cannot be encoded (or a record decoded)
      ├── StoreUnavailable        the journal could not be reached in time
+     ├── StoreMisconfigured      the journal refuses this client (password, TLS,
+     │                           eviction policy, a command it lacks): not an outage
+     ├── JournalLost             a delivery expected a journal record and found none
      └── StoredError             a journaled error whose type is not importable here
 
 Control-flow signals the engine uses internally derive from ``BaseException``
@@ -37,6 +40,7 @@ __all__ = [
     "DeliveryLimitExceeded",
     "DuplicateStepName",
     "IdempotencyConflict",
+    "JournalLost",
     "KompensaError",
     "LeaseLost",
     "NonDeterminismError",
@@ -48,6 +52,7 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "StepTimeout",
+    "StoreMisconfigured",
     "StoreUnavailable",
     "StoredError",
     "TransientError",
@@ -298,6 +303,39 @@ class StoreUnavailable(KompensaError):
         )
         self.key = key
         self.waited = waited
+
+
+class StoreMisconfigured(KompensaError):
+    """The journal's server refuses this client for a reason waiting will not fix:
+    a wrong or missing password, a TLS mismatch, a command it does not know, or a
+    setting under which it would lose journals (``maxmemory-policy allkeys-*``).
+
+    Raised at once, never after ``write_timeout`` of retries; ``cause`` names what
+    is wrong and how to fix it. Nothing was written.
+    """
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        text = f"the journal refuses this client: {cause}"
+        self._explain(f"{text} ({detail})" if detail else text, cause, detail)
+        self.cause = cause
+        self.detail = detail
+
+
+class JournalLost(KompensaError):
+    """A delivery expected the journal of ``key`` and found no record: it presented
+    a lease token (a retry, a deferral, a recovery re-send) or its message says it
+    was recorded at send. The record was lost (evicted, a restart of a Redis without
+    persistence, a flush); nothing ran, and the saga is not started afresh, which
+    would run its completed steps a second time."""
+
+    def __init__(self, key: str, expected: str) -> None:
+        self._explain(
+            f"journal of saga {key!r} is lost: the delivery {expected}, but the store "
+            "holds no record of it; nothing ran, and it is not started afresh",
+            key, expected,
+        )
+        self.key = key
+        self.expected = expected
 
 
 class StoredError(KompensaError):
