@@ -78,6 +78,10 @@ class Hooks:
     def on_recovered(self, event: SagaEvent) -> None:
         """Recovery sent an execution again: its worker died holding it."""
 
+    def on_journal_lost(self, event: SagaEvent) -> None:
+        """A delivery expected the execution's journal and the store held no record
+        (``error`` is the JournalLost; ``status`` is ``lost``): nothing ran."""
+
     def on_step_start(self, event: StepEvent) -> None:
         """An attempt of a step is about to run."""
 
@@ -124,6 +128,9 @@ class HookDispatcher(Hooks):
 
     def on_recovered(self, event: SagaEvent) -> None:
         self._emit("on_recovered", event)
+
+    def on_journal_lost(self, event: SagaEvent) -> None:
+        self._emit("on_journal_lost", event)
 
     def on_step_start(self, event: StepEvent) -> None:
         self._emit("on_step_start", event)

@@ -37,7 +37,7 @@ from .._core.check import count, instance, number
 from .._core.check import store as check_store
 from .._core.codec import check_arguments, encode
 from .._core.loops import CoroutineRunner, coroutine_runner
-from ..errors import LeaseLost, NonDeterminismError, SagaError, StoreUnavailable
+from ..errors import JournalLost, LeaseLost, NonDeterminismError, SagaError, StoreUnavailable
 from ..hooks import Hooks
 from ..retry import Retry
 from ..stores.protocol import Store
@@ -54,9 +54,11 @@ from .deliver import (
 )
 from .dispatch import Action, Dispatch, Raise, Return, SendAgain
 from .runner import SagaRunner
+from .sends import sends
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
+    "DEFAULT_SEND_TIMEOUT",
     "SagaBinding",
     "SagaOptions",
     "coroutines_run_by",
@@ -70,6 +72,7 @@ __all__ = [
 DEFAULT_CLAIM_TIMEOUT = 600.0
 LEASE_LOST_RETRY = 1.0  # perhaps a newer delivery holds it; perhaps it just lapsed
 STORE_DOWN_RETRY = 5.0  # at most; min(lock_ttl, this)
+DEFAULT_SEND_TIMEOUT = 0.5  # how long a producer waits for its send to be recorded
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class SagaOptions:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     hooks: Hooks | None = None
     claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
 
     def __post_init__(self) -> None:
         owner = "saga_task"
@@ -104,6 +108,7 @@ class SagaOptions:
             number(owner, "lock_ttl", self.lock_ttl, inclusive=False)
         if self.claim_timeout is not None:
             number(owner, "claim_timeout", self.claim_timeout, inclusive=False)
+        number(owner, "send_timeout", self.send_timeout, inclusive=False)
 
 
 class SagaBinding:
@@ -125,6 +130,7 @@ class SagaBinding:
         self._store = options.store
         self._default_store = default_store
         self._mutex = threading.Lock()
+        self._unrecorded = False  # the last send could not be recorded (said once)
         self.logger = logging.getLogger(f"kompensa_workers.{broker}")
 
     def __repr__(self) -> str:
@@ -149,34 +155,51 @@ class SagaBinding:
         """Refuse arguments the journal cannot encode, before anything is sent."""
         check_arguments(args or (), kwargs or {}, owner=f"{self.kind} {self.name!r}")
 
-    def expect(self, dispatch: Dispatch, *, after: float = 0.0) -> None:
-        """Record a saga just sent as ``queued``, due for recovery if no delivery
-        claims it within ``after + claim_timeout`` seconds (``after``: its delay).
-        Never raises: the message is out, and failing the send now would make the
-        caller send it twice; the loss of this safety net is logged instead."""
+    def expect(self, dispatch: Dispatch, *, after: float = 0.0) -> bool:
+        """Record a saga about to be sent as ``queued``, due for recovery if no
+        delivery claims it within ``after + claim_timeout`` seconds (``after``: its
+        delay). True if the journal holds it now: the message may then say so
+        (``deliver(recorded=True)``). Never raises and never waits longer than
+        ``send_timeout``: past it, or with the journal unreachable, the message
+        goes out unrecorded, with a warning (once until recording works again)."""
         within = self.options.claim_timeout
         if within is None:
-            return
+            return False
         key = dispatch.id
         try:
             key = self.key_of(dispatch.args, dispatch.kwargs, dispatch.id)
-            self.store.expect(
-                key, saga=self.name, dispatch=encode(dispatch.to_record(), what="dispatch"),
-                within=max(after, 0.0) + within, at=time.time(),
+            record = encode(dispatch.to_record(), what="dispatch")
+            store, name, due = self.store, self.name, max(after, 0.0) + within
+            sends.record(
+                lambda: store.expect(key, saga=name, dispatch=record, within=due,
+                                     at=time.time()),
+                self.options.send_timeout,
             )
         except Exception as exc:
-            self.logger.warning(
-                "%s[%s]: sent, but the journal could not record it (%s); should the "
-                "broker lose this message before a worker starts it, recovery will not "
-                "know of it", self.name, key, exc,
-            )
+            if not self._unrecorded:
+                self._unrecorded = True
+                self.logger.warning(
+                    "%s[%s]: sent, but the journal could not record it (%s): should the "
+                    "broker lose such a message before a worker starts it, recovery will "
+                    "not know of it. Said once until recording works again.",
+                    self.name, key, exc,
+                )
+            else:
+                self.logger.debug("%s[%s]: sent unrecorded (%s)", self.name, key, exc)
+            return False
+        if self._unrecorded:
+            self._unrecorded = False
+            self.logger.warning("%s: the journal records sends again", self.name)
+        return True
 
     def deliver(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, dispatch: Dispatch,
         key: str | None = None, lease_token: str | None = None,
         trace: Mapping[str, Any] | None = None, time_limit: float | None = None,
+        recorded: bool = False,
     ) -> Action:
-        """One delivery of the saga, as the action its adapter takes."""
+        """One delivery of the saga, as the action its adapter takes. ``recorded``:
+        the message says the journal holds the execution (see :func:`deliver`)."""
         if key is None:
             key = self.key_of(args, kwargs, dispatch.id)
         options = self.options
@@ -186,11 +209,17 @@ class SagaBinding:
                 self.fn, args, kwargs, key=key, store=self.store, lease_token=lease_token,
                 lock_ttl=options.lock_ttl, max_deliveries=options.max_deliveries,
                 retry=options.retry, dispatch=dispatch.to_record(), name=self.name,
-                time_limit=time_limit, hooks=options.hooks,
+                time_limit=time_limit, hooks=options.hooks, recorded=recorded,
             )
+        except JournalLost as exc:
+            self.logger.error(
+                "%s[%s]: %s; the message is failed, not run (see the README, "
+                "\"JournalLost\")", self.name, key, exc,
+            )
+            return Raise(exc)
         except LeaseLost:
             return self._defer(key, trace, LEASE_LOST_RETRY, "lease lost mid-delivery",
-                               logging.WARNING)
+                               logging.WARNING, journaled=True)
         except StoreUnavailable:
             return self._defer(key, trace, min(self.store.lock_ttl, STORE_DOWN_RETRY),
                                "journal unreachable", logging.WARNING)
@@ -198,7 +227,7 @@ class SagaBinding:
             # The code changed under a running execution; nothing was written. Try
             # again once the lease lapses (a rolled-back deploy resumes it).
             return self._defer(key, trace, self.store.lock_ttl, f"replay diverged: {exc}",
-                               logging.ERROR)
+                               logging.ERROR, journaled=True)
         finally:
             tracing.leave(entered)
         if isinstance(outcome, Finished):
@@ -209,16 +238,17 @@ class SagaBinding:
             why = f"waiting {outcome.delay:.3g}s in the broker"
             self.logger.info("%s[%s]: %s", self.name, key, why)
             return SendAgain(outcome.delay, outcome.lease_token, why, tracing.carry(trace),
-                             waits=True)
+                             waits=True, journaled=True)
         assert isinstance(outcome, Busy)
         return self._defer(key, trace, outcome.after, "another delivery holds it; deferred",
-                           logging.INFO)
+                           logging.INFO, journaled=True)
 
     def _defer(
         self, key: str, trace: Mapping[str, Any] | None, delay: float, why: str, level: int,
+        *, journaled: bool = False,
     ) -> SendAgain:
         self.logger.log(level, "%s[%s]: %s; sent again in %.3gs", self.name, key, why, delay)
-        return SendAgain(delay, None, why, tracing.carry(trace))
+        return SendAgain(delay, None, why, tracing.carry(trace), journaled=journaled)
 
     def run_to_end(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, key: str | None = None,

@@ -8,7 +8,10 @@ translate its outcome::
     RetryLater(delay, token) re-deliver after ``delay`` s presenting ``lease_token``
     Busy(after)              another delivery holds the lease; try again in ``after`` s
 
-It never sleeps. ``LeaseLost`` is raised (not returned) when this delivery was
+It never sleeps. ``JournalLost`` is raised when the delivery presents a lease
+token, or its message says the journal holds it (``recorded``), and the store has
+no record of it: nothing runs, and the saga is not started afresh (its completed
+steps would run again). ``LeaseLost`` is raised (not returned) when this delivery was
 superseded: drop it, the newer holder carries on. An error from the store itself
 (Redis unreachable) is raised as is: the execution stays as the journal has it
 and resumes on a later delivery. ``NonDeterminismError`` is raised
@@ -46,6 +49,7 @@ from .._core.signals import (
 from ..errors import (
     DeliveryLimitExceeded,
     IdempotencyConflict,
+    JournalLost,
     SagaError,
     SerializationError,
     StepFailed,
@@ -139,6 +143,7 @@ def deliver(
     dispatch: Mapping[str, Any] | None = None,
     name: str | None = None,
     time_limit: float | None = None,
+    recorded: bool = False,
 ) -> Outcome:
     """Claim execution ``key`` of saga ``fn(saga, *args, **kwargs)`` and run it as far
     as it can go in this delivery.
@@ -151,6 +156,9 @@ def deliver(
     it ends as a StepTimeout (retried by its policy), and once it has passed no
     new step or compensation starts here: ``RetryLater(0)`` hands the execution to
     a fresh delivery. Adapters pass what is left of the broker's own time limit.
+    ``recorded``: the message says the journal holds this execution (it was
+    recorded at send, or re-sent by a delivery or by recovery); with no record
+    found, :class:`JournalLost` is raised rather than the saga started afresh.
     """
     if not callable(fn):
         raise TypeError(f"deliver: the saga function must be callable, got {fn!r}")
@@ -179,7 +187,13 @@ def deliver(
         key, saga=name, fingerprint=digest, lease_token=lease_token,
         lock_ttl=lock_ttl or store.lock_ttl, at=clock.time(),
         dispatch=None if dispatch is None else encode(dict(dispatch), what="dispatch"),
+        must_exist=recorded,
     )
+    if claim.state == "lost":
+        lost = JournalLost(key, "presented a lease token" if lease_token is not None
+                           else "was recorded at send")
+        hook.on_journal_lost(SagaEvent(key, name, "lost", error=lost))
+        raise lost
     if claim.state == "busy":
         hook.on_busy(SagaEvent(key, name, "busy", delay=claim.retry_after))
         return Busy(claim.retry_after)

@@ -2,10 +2,13 @@
 recovery, and the action a delivery ends with::
 
     Return(result)            the task returns it
-    Raise(error)              the task fails with it (a SagaError)
+    Raise(error)              the task fails with it (a SagaError; JournalLost when
+                              the journal it expected is gone), for good
     SendAgain(delay, token)   send the same id again after ``delay`` seconds and
                               end this delivery (``waits``: a step waits for its
-                              retry; else the delivery was deferred, doing nothing)
+                              retry; else the delivery was deferred, doing nothing;
+                              ``journaled``: mark the message as one the journal
+                              holds, so its loss is not taken for a first delivery)
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SagaError
+from ..errors import JournalLost, SagaError
 
 __all__ = ["Action", "Dispatch", "Raise", "Return", "SendAgain"]
 
@@ -73,9 +76,9 @@ class Return:
 
 @dataclass(frozen=True)
 class Raise:
-    """The task fails with ``error`` (``cached`` as for Return)."""
+    """The task fails with ``error`` for good (``cached`` as for Return)."""
 
-    error: SagaError
+    error: SagaError | JournalLost
     cached: bool = False
 
 
@@ -84,13 +87,15 @@ class SendAgain:
     """Send this delivery again (the same id) after ``delay`` seconds, with
     ``lease_token`` if any and the trace context ``trace``; then end this one.
     ``waits``: a step waits for its retry (the delivery did work), else the
-    delivery was deferred and did nothing."""
+    delivery was deferred and did nothing. ``journaled``: the journal is known to
+    hold the execution; the re-sent message says so (see ``deliver(recorded=)``)."""
 
     delay: float
     lease_token: str | None
     why: str
     trace: dict[str, str] = field(default_factory=dict)
     waits: bool = False
+    journaled: bool = False
 
 
 Action = Return | Raise | SendAgain

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 from .._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT,
     SagaBinding,
     SagaOptions,
     saga_label,
@@ -73,6 +74,7 @@ def saga_task(
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     hooks: Hooks | None = None,
     claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     broker: Broker | None = None,
     actor_name: str | None = None,
     queue_name: str = "default",
@@ -87,9 +89,11 @@ def saga_task(
     when the broker is a RedisBroker. ``retry`` is the policy of steps that name
     none. A sent saga is recorded ``queued``; one no delivery has claimed
     ``claim_timeout`` seconds after it was due is sent again by recovery (None: no
-    record). Other options are the actor's (``time_limit``, ``store_results``, ...).
+    record); the sender waits at most ``send_timeout`` seconds for that record,
+    then sends unrecorded. Other options are the actor's (``time_limit``, ``store_results``, ...).
     """
-    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout)
+    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout,
+                          send_timeout)
     if broker is not None and not isinstance(broker, Broker):
         raise TypeError(f"saga_task: broker must be a dramatiq Broker, got {broker!r}")
 

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from dramatiq import Actor, Broker, Message
@@ -28,6 +27,7 @@ logger = logging.getLogger("kompensa_workers.dramatiq")
 
 TOKEN_OPTION = "kompensa_lease_token"
 RESENT_OPTION = "kompensa_resent"  # enqueued by this adapter, not by the sender
+RECORDED_OPTION = "kompensa_recorded"  # the journal holds this execution: never a fresh start
 # Options that belong to one delivery, not to the message sent again.
 TRANSIENT_OPTIONS = frozenset({
     TOKEN_OPTION, RESENT_OPTION, "redis_message_id", "eta", "traceback",
@@ -84,17 +84,6 @@ class SagaActor(Actor[..., Any]):
         self.saga.check_arguments(args, kwargs)
         return super().message_with_options(args=args, kwargs=kwargs, **options)
 
-    def send_with_options(
-        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
-        delay: timedelta | int | None = None, **options: Any,
-    ) -> Message[Any]:
-        """Send, then record the saga ``queued`` in the journal: should the broker
-        lose the message before a worker starts it, recovery sends it again."""
-        message = super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
-        wait = delay.total_seconds() if isinstance(delay, timedelta) else (delay or 0) / 1000
-        self.saga.expect(_dispatch(message), after=wait)
-        return message
-
     def key_of(self, message: Any) -> str:
         """The execution a message belongs to."""
         return self.saga.key_of(message.args, message.kwargs, message.message_id)
@@ -115,6 +104,7 @@ class SagaActor(Actor[..., Any]):
                 tuple(message.args), message.kwargs, dispatch=_dispatch(message),
                 key=self.key_of(message), lease_token=message.options.get(TOKEN_OPTION),
                 trace=message.options.get(tracing.KEY), time_limit=budget,
+                recorded=bool(message.options.get(RECORDED_OPTION)),
             )
         if isinstance(action, SendAgain):
             self._send_again(message, action)
@@ -159,6 +149,8 @@ class SagaActor(Actor[..., Any]):
             options[TOKEN_OPTION] = action.lease_token
         if action.trace:
             options[tracing.KEY] = action.trace
+        if action.journaled:
+            options[RECORDED_OPTION] = True
         again: Message[Any] = Message(
             queue_name=q_name(message.queue_name), actor_name=message.actor_name,
             args=tuple(message.args), kwargs=dict(message.kwargs), options=options,
@@ -203,6 +195,17 @@ def _quiet_end(message: Any, what: str) -> SkipMessage:
     message.options["store_results"] = False  # this delivery, not the one sent
     _state.quiet = message.message_id
     return SkipMessage(what)
+
+
+def record_send(actor: SagaActor, message: Any, delay: int | None) -> None:
+    """A saga message about to be enqueued, by whatever sent it (``send``, a
+    pipeline, a group, a bare ``broker.enqueue``): a first send is recorded
+    ``queued``, and says so, when the journal took it (within ``send_timeout``)."""
+    options = message.options
+    if RESENT_OPTION in options or RECORDED_OPTION in options or TOKEN_OPTION in options:
+        return  # a re-send: the delivery or recovery that made it knows the journal
+    if actor.saga.expect(_dispatch(message), after=(delay or 0) / 1000):
+        options[RECORDED_OPTION] = True
 
 
 def _dispatch(message: Any) -> Dispatch:

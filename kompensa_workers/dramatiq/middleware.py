@@ -14,7 +14,7 @@ from dramatiq.middleware import TimeLimit
 from .._driver.deliver import delivery_budget
 from .._driver.recovery import recovery_thread
 from ..stores.protocol import Store
-from .actor import SagaActor, _Delivery, _state
+from .actor import SagaActor, _Delivery, _state, record_send
 from .recovery import recover
 
 
@@ -40,6 +40,11 @@ class SagaMiddleware(Middleware):
     def __init__(self) -> None:
         self.recovery: tuple[Store | None, float] | None = None  # (store, interval)
         self._stop = threading.Event()  # a new one for each worker boot
+
+    def before_enqueue(self, broker: Broker, message: Any, delay: int | None) -> None:
+        actor = broker.actors.get(message.actor_name)
+        if isinstance(actor, SagaActor):
+            record_send(actor, message, delay)
 
     def before_process_message(self, broker: Broker, message: Any) -> None:
         actor = broker.get_actor(message.actor_name)

@@ -13,7 +13,7 @@ from .._driver.dispatch import Dispatch
 from .._driver.recovery import journals, recover_due
 from ..errors import KompensaError
 from ..stores.protocol import Store
-from .actor import RESENT_OPTION, SagaActor
+from .actor import RECORDED_OPTION, RESENT_OPTION, SagaActor
 
 logger = logging.getLogger("kompensa_workers.dramatiq")
 
@@ -44,7 +44,7 @@ def recover(broker: Broker, store: Store | None = None, *, limit: int = 100) -> 
                            key, dispatch.name)
             return False
         options = dict(dispatch.options.get("message") or {})
-        options[RESENT_OPTION] = True
+        options[RESENT_OPTION] = options[RECORDED_OPTION] = True
         broker.enqueue(Message(
             queue_name=actor.queue_name, actor_name=actor.actor_name,
             args=dispatch.args, kwargs=dict(dispatch.kwargs), options=options,

@@ -36,7 +36,7 @@ class MetricsHooks(Hooks):
             "executions", "Executions that ended, by saga and final status", ["saga", "status"])
         self.deliveries = counter(
             "deliveries", "Deliveries, by saga and how they ended "
-            "(ended, waiting, cached, busy, error)", ["saga", "outcome"])
+            "(ended, waiting, cached, busy, error, lost)", ["saga", "outcome"])
         self.step_seconds = Histogram(
             f"{prefix}_step_duration_seconds", "Step attempts, by step and outcome",
             ["step", "outcome"], registry=registry,
@@ -50,6 +50,9 @@ class MetricsHooks(Hooks):
         self.lease_losses = counter("lease_losses", "Deliveries that lost their lease",
                                     ["saga"])
         self.recoveries = counter("recoveries", "Executions sent again by recovery", ["saga"])
+        self.journal_losses = counter(
+            "journal_losses", "Deliveries that found their execution's journal lost "
+            "(evicted, flushed, a restart without persistence)", ["saga"])
 
     def on_saga_end(self, event: SagaEvent) -> None:
         if event.cached:
@@ -72,6 +75,10 @@ class MetricsHooks(Hooks):
 
     def on_recovered(self, event: SagaEvent) -> None:
         self.recoveries.labels(event.saga).inc()
+
+    def on_journal_lost(self, event: SagaEvent) -> None:
+        self.journal_losses.labels(event.saga).inc()
+        self.deliveries.labels(event.saga, "lost").inc()
 
     def on_step_end(self, event: StepEvent) -> None:
         outcome = "ok" if event.error is None else "error"

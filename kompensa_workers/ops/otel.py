@@ -112,6 +112,11 @@ class TracingHooks(Hooks):
         span = opened[0] if opened else trace.get_current_span()
         span.add_event("lease lost", {"kompensa.key": event.key})
 
+    def on_journal_lost(self, event: SagaEvent) -> None:
+        span = trace.get_current_span()
+        span.add_event("journal lost", {"kompensa.key": event.key})
+        span.set_status(Status(StatusCode.ERROR, str(event.error)))
+
     def on_recovered(self, event: SagaEvent) -> None:
         span = self.tracer.start_span(
             f"recover {event.saga}",

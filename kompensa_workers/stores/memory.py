@@ -76,10 +76,13 @@ class MemoryStore:
         lock_ttl: float,
         at: float,
         dispatch: bytes | None = None,
+        must_exist: bool = False,
     ) -> Claim:
         now = self._clock.time()
         with self._mutex:
             fields = self._live_fields(key, now)
+            if fields is None and (must_exist or lease_token is not None):
+                return Claim("lost")
             if fields is None:
                 fields = {
                     "saga": saga.encode(),

@@ -59,9 +59,12 @@ class Claim:
     ``terminal``: the execution has ended; nothing may run.
     ``busy``: another holder has the lease for ``retry_after`` more seconds.
     ``conflict``: the key was used with different arguments (``execution`` shows by whom).
+    ``lost``: the claim said the journal must hold the execution, and it holds no
+    record of it (evicted, flushed, a restart without persistence); nothing was
+    created.
     """
 
-    state: Literal["granted", "terminal", "busy", "conflict"]
+    state: Literal["granted", "terminal", "busy", "conflict", "lost"]
     execution: Execution | None = None
     lease: Lease | None = None
     retry_after: float = 0.0
@@ -125,11 +128,15 @@ class Store(Protocol):
         lock_ttl: float,
         at: float,
         dispatch: bytes | None = None,
+        must_exist: bool = False,
     ) -> Claim:
         """Acquire (or take over, with ``lease_token``) the lease and load the journal.
 
         ``dispatch`` (encoded, adapter-defined: which task, which arguments) is kept
-        with a granted execution so recovery can send it again.
+        with a granted execution so recovery can send it again. With a
+        ``lease_token`` or ``must_exist`` (the delivery's message says the journal
+        holds it) and no record under ``key``: ``Claim("lost")``, creating nothing.
+        Only a first delivery starts an execution.
         """
         ...
 

@@ -120,6 +120,7 @@ class RedisStore:
         lock_ttl: float,
         at: float,
         dispatch: bytes | None = None,
+        must_exist: bool = False,
     ) -> Claim:
         token = secrets.token_hex(16)
         ttl, forced = lock_ttl, "0"
@@ -132,10 +133,14 @@ class RedisStore:
         reply = self._script(
             "claim", key,
             [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
-             dispatch or b""],
+             dispatch or b"", "1" if must_exist else "0"],
             extra_keys=[self._recovered],
         )
         state = reply[0].decode()
+        if state == "lost":
+            if self.lock is not None and forced == "1":
+                self.lock.release(lock_key(self.namespace, key), token)
+            return Claim("lost")
         if state == "busy":
             return Claim("busy", retry_after=int(reply[1]) / 1000)
         execution = execution_from_fields(key, _fields(key, reply[2]))

@@ -18,9 +18,12 @@
 -- ARGV[8] - '1' when a Redlock quorum already granted the lease, 'peek' when the
 --           quorum refused it (report only: nothing is created or changed), else '0'
 -- ARGV[9] - how to dispatch it again (encoded; '' keeps what is recorded)
+-- ARGV[10] - '1' when the journal must hold the execution (the delivery presents a
+--            lease token, or its message says it was recorded at send)
 -- returns {state, retry_after_ms, {field, value, ...}}
 --   state 'granted' | 'terminal' | 'conflict' (the whole journal follows)
 --   state 'busy' (retry_after_ms: what is left of the holder's lease)
+--   state 'lost' (it must exist and does not: nothing is created)
 
 local journal, index = KEYS[1], KEYS[2]
 local key, saga, fingerprint = ARGV[1], ARGV[2], ARGV[3]
@@ -31,6 +34,9 @@ local terminal = {succeeded = true, compensated = true, compensation_failed = tr
                   cancelled = true}
 local peek = ARGV[8] == 'peek'
 
+if (presented ~= '' or ARGV[10] == '1') and redis.call('EXISTS', journal) == 0 then
+  return {'lost', 0}
+end
 if peek and redis.call('EXISTS', journal) == 0 then
   return {'busy', ttl}
 end

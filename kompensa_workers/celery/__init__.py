@@ -26,9 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 try:
@@ -36,44 +34,45 @@ try:
     from celery.backends.base import DisabledBackend
     from celery.exceptions import Ignore, Reject
     from celery.exceptions import Retry as CeleryRetry
-    from celery.signals import task_revoked, worker_ready, worker_shutdown
+    from celery.signals import before_task_publish, task_revoked, worker_ready, worker_shutdown
     from celery.utils import uuid
-    from kombu.utils import json as kombu_json
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "kompensa_workers.celery needs Celery: pip install 'kompensa-workers[celery]'"
     ) from exc
 
-from ._driver import tracing
-from ._driver.binding import (
+from .._driver import tracing
+from .._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT,
     SagaBinding,
     SagaOptions,
     redis_journal,
     saga_label,
 )
-from ._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget, saga_name
-from ._driver.dispatch import Dispatch, Raise, Return, SendAgain
-from ._driver.recovery import check_recovery, journals, recover_due, recovery_thread
-from .errors import KompensaError
-from .flow import Flow
-from .hooks import Hooks
-from .retry import Retry
-from .stores.protocol import Store
+from .._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget, saga_name
+from .._driver.dispatch import Dispatch, Raise, Return, SendAgain
+from .._driver.recovery import check_recovery, journals, recover_due, recovery_thread
+from ..errors import KompensaError
+from ..flow import Flow
+from ..hooks import Hooks
+from ..retry import Retry
+from ..stores.protocol import Store
+from .sending import (
+    KEY_HEADER,
+    RECORDED_HEADER,
+    REPORT_WAIT_HEADER,
+    TOKEN_HEADER,
+    bindings,
+    record_send,
+    resend_options,
+    without_token,
+)
 
 __all__ = ["SagaTask", "enable_recovery", "recover", "saga_task"]
 
 logger = logging.getLogger("kompensa_workers.celery")
 
-TOKEN_HEADER = "kompensa_lease_token"
-KEY_HEADER = "kompensa_key"  # the execution a rollback-after-revoke message belongs to
-REPORT_WAIT_HEADER = "kompensa_report_wait"  # re-sends spent waiting for the finisher
-# What a delivery was sent with, kept for recovery to send it the same way.
-RESEND_OPTIONS = (
-    "queue", "exchange", "routing_key", "priority", "chain", "link", "link_error",
-    "chord", "group_id", "group_index", "root_id", "parent_id", "time_limit",
-    "soft_time_limit", "headers", "reply_to", "shadow", "ignore_result",
-)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # Task.apply_async's parameters after args and kwargs, when given by position.
 APPLY_ASYNC_POSITIONAL = ("task_id", "producer", "link", "link_error", "shadow")
@@ -91,29 +90,17 @@ class SagaTask(Task):  # type: ignore[misc]
     def apply_async(
         self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any
     ) -> Any:
-        """Refuse arguments the journal cannot encode before anything is sent; then
-        send, and record the saga ``queued`` in the journal: should the broker lose
-        the message before a worker starts it, recovery sends it again."""
+        """Refuse arguments the journal cannot encode, or a task with no journal to
+        be had, before anything is sent (the send is recorded ``queued`` as it is
+        published: :func:`_record_send`)."""
         self.saga.check_arguments(args, kwargs)
         if len(more) > len(APPLY_ASYNC_POSITIONAL):
             raise TypeError(f"apply_async takes at most {2 + len(APPLY_ASYNC_POSITIONAL)} "
                             f"positional arguments, got {2 + len(more)}")
         options.update(zip(APPLY_ASYNC_POSITIONAL, more, strict=False))
-        first_send = not (
-            options.get("retries") or KEY_HEADER in (options.get("headers") or {})
-        )  # a re-send of a delivery (a retry, a deferral, a rollback) is no news
-        if (self.saga.options.claim_timeout is None or not first_send
-                or self.app.conf.task_always_eager):
-            return super().apply_async(args, kwargs, **options)
-        self.saga.store  # noqa: B018 - no journal to be had: an error, and nothing sent
-        task_id = options["task_id"] = options.get("task_id") or uuid()
-        result = super().apply_async(args, kwargs, **options)
-        self.saga.expect(
-            Dispatch("celery", self.name, task_id, tuple(args or ()), dict(kwargs or {}),
-                     _resend_options(options)),
-            after=_countdown(options),
-        )
-        return result
+        if self.saga.options.claim_timeout is not None and not self.app.conf.task_always_eager:
+            self.saga.store  # noqa: B018 - no journal to be had: an error, and nothing sent
+        return super().apply_async(args, kwargs, **options)
 
     def run_saga(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One delivery of the saga, translated into Celery's outcome."""
@@ -125,7 +112,7 @@ class SagaTask(Task):  # type: ignore[misc]
         action = self.saga.deliver(
             args, kwargs, key=key, lease_token=request.get(TOKEN_HEADER),
             trace=request.get(tracing.KEY), time_limit=self._time_budget(),
-            dispatch=self._dispatch(args, kwargs),
+            dispatch=self._dispatch(args, kwargs), recorded=bool(request.get(RECORDED_HEADER)),
         )
         if isinstance(action, (Return, Raise)) and action.cached and key == request.id:
             self._leave_reporting_to_the_finisher()
@@ -148,7 +135,7 @@ class SagaTask(Task):  # type: ignore[misc]
         (queue, exchange), and the chain, callbacks, limits and headers it carried."""
         options = self.signature_from_request(self.request, args, kwargs).options
         return Dispatch("celery", self.name, self.request.id, args, kwargs,
-                        _resend_options(options))
+                        resend_options(options))
 
     def _time_budget(self) -> float | None:
         """Seconds this delivery may run: the soft or hard time limit in force
@@ -180,11 +167,13 @@ class SagaTask(Task):  # type: ignore[misc]
         its absolute ``expires``: a half-done saga must not expire). If the broker
         refuses it, this message goes back to the queue instead of being lost."""
         request = self.request
-        headers = _without_token(request.headers)
+        headers = without_token(request.headers)
         if action.lease_token:
             headers[TOKEN_HEADER] = action.lease_token
         if action.trace:
             headers[tracing.KEY] = action.trace
+        if action.journaled:
+            headers[RECORDED_HEADER] = 1
         headers.update(extra or {})
         again = self.signature_from_request(
             request, countdown=max(action.delay, 0.0), headers=headers,
@@ -194,41 +183,6 @@ class SagaTask(Task):  # type: ignore[misc]
             again.apply_async()
         except Exception as exc:
             raise Reject(exc, requeue=True) from exc
-
-
-def _resend_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options recovery sends a message again with (plain JSON data)."""
-    kept = {
-        name: options[name] for name in RESEND_OPTIONS
-        if options.get(name) not in (None, "", [], {})
-    }
-    if "queue" in kept and not isinstance(kept["queue"], str):  # a kombu Queue
-        kept["queue"] = getattr(kept["queue"], "name", None) or kept.pop("queue")
-    headers = _without_token(kept.pop("headers", None))
-    if headers:
-        kept["headers"] = headers
-    # Signatures are dict subclasses: keep plain JSON data.
-    return kombu_json.loads(kombu_json.dumps(kept))  # type: ignore[no-any-return,no-untyped-call]
-
-
-def _countdown(options: Mapping[str, Any]) -> float:
-    """How long a message sent with ``options`` waits before it is due."""
-    countdown = options.get("countdown")
-    if isinstance(countdown, (int, float)):
-        return float(countdown)
-    eta = options.get("eta")
-    if isinstance(eta, str):
-        eta = datetime.fromisoformat(eta)
-    if isinstance(eta, datetime):
-        if eta.tzinfo is None:
-            eta = eta.replace(tzinfo=timezone.utc)
-        return eta.timestamp() - time.time()
-    return 0.0
-
-
-def _without_token(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A message's headers minus a lease token, which belongs to one delivery only."""
-    return {k: v for k, v in (headers or {}).items() if k != TOKEN_HEADER}
 
 
 def saga_task(
@@ -241,6 +195,7 @@ def saga_task(
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     hooks: Hooks | None = None,
     claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     **task_options: Any,
 ) -> Callable[[SagaFunction], SagaTask]:
     """Decorate ``fn(saga, *args, **kwargs)`` into a Celery task.
@@ -250,13 +205,15 @@ def saga_task(
     is Redis. ``retry`` is the policy of steps that name none; ``hooks`` observe its
     deliveries (besides those installed process-wide). A sent saga is recorded
     ``queued``; one no delivery has claimed ``claim_timeout`` seconds after it was
-    due is sent again by recovery (None: no record). Other options go to
-    ``app.task`` (``name``, ``queue``, ``time_limit``, ...).
+    due is sent again by recovery (None: no record); the sender waits at most
+    ``send_timeout`` seconds for that record, then sends unrecorded. Other options
+    go to ``app.task`` (``name``, ``queue``, ``time_limit``, ...).
     """
     if not isinstance(app, Celery):
         hint = " (write @saga_task(app), not @saga_task)" if callable(app) else ""
         raise TypeError(f"saga_task: app must be a Celery app, got {app!r}{hint}")
-    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout)
+    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout,
+                          send_timeout)
 
     def decorator(fn: SagaFunction) -> SagaTask:
         label = saga_label(fn)
@@ -266,6 +223,7 @@ def saga_task(
         )
         binding = SagaBinding(fn, options, name=name, broker="celery", kind="task",
                               default_store=lambda: default_store(app))
+        bindings[name] = binding
 
         def run(self: SagaTask, *args: Any, **kwargs: Any) -> Any:
             return self.run_saga(args, kwargs)
@@ -304,8 +262,10 @@ def recover(app: Celery, store: Store | None = None, *, limit: int = 100) -> int
     )
 
     def send(dispatch: Dispatch, key: str, journal: Store) -> bool:
+        options = dict(dispatch.options)
+        options["headers"] = {**(options.get("headers") or {}), RECORDED_HEADER: 1}
         app.send_task(dispatch.name, args=list(dispatch.args), kwargs=dict(dispatch.kwargs),
-                      task_id=dispatch.id, **dict(dispatch.options))
+                      task_id=dispatch.id, **options)
         return True
 
     return recover_due(stores, "celery", send, limit=limit)
@@ -320,10 +280,10 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     key = sender.key_of(request, args, kwargs)
     try:
         if sender.saga.store.cancel(key):
-            headers = _without_token(request.headers)
+            headers = without_token(request.headers)
             sender.signature_from_request(  # routed like the revoked message
                 request, args, kwargs, task_id=uuid(), expires=None,
-                headers={**headers, KEY_HEADER: key},
+                headers={**headers, KEY_HEADER: key, RECORDED_HEADER: 1},
             ).apply_async()
             logger.info("%s[%s]: revoked, so cancelled and rolled back", sender.name, key)
     except Exception:
@@ -331,6 +291,7 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 
 task_revoked.connect(_cancel_revoked, weak=False)
+before_task_publish.connect(record_send, weak=False)
 
 
 def enable_recovery(
