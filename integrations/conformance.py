@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import redis
 
-from kompensa_workers import Execution, Store
+from kompensa_workers import Execution, MemoryStore, RedisStore, Store
+from kompensa_workers.stores.redis.keys import journal_key
 
 from .apps.sagas import deployed_key
 
@@ -111,6 +112,24 @@ def journal(harness: Harness, key: str) -> Execution:
     execution = harness.store.get(key)
     assert execution is not None, f"{key}: no record in the journal"
     return execution
+
+
+def lose_journal(harness: Harness, key: str) -> None:
+    """Lose the journal record of one execution, as an eviction, a flush or a
+    restart of a Redis without persistence would (its index entry stays)."""
+    store: Any = harness.store
+    if isinstance(store, RedisStore):
+        assert store.client.delete(journal_key(store.namespace, key)) == 1, key
+    else:
+        assert isinstance(store, MemoryStore), store
+        assert store._journals.pop(key, None) is not None, key
+        store._leases.pop(key, None)
+
+
+def failed_with(error: Any, name: str) -> bool:
+    """The reported failure names the error ``name`` (as an exception, rebuilt or
+    not, or as the text a broker kept of it)."""
+    return name in f"{type(error).__name__}: {error}"
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:

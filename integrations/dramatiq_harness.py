@@ -117,10 +117,11 @@ class DramatiqHarness:
             value = self.backend.get_result(message)
         except ResultMissing:
             return None
-        except ResultFailure:
+        except ResultFailure as failure:
             key = message_id if message.actor_name != "kw.keyed" else f"order-{message.args[0]}"
             execution = self.store.get(key)
-            return ("failure", execution.exception() if execution is not None else None)
+            # no record: refused before it ran (JournalLost); the failure says why
+            return ("failure", execution.exception() if execution is not None else failure)
         return ("success", value)
 
     def ledger(self) -> list[dict[str, Any]]:

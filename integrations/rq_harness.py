@@ -156,6 +156,9 @@ class RQHarness:
             execution = self.store.get(key)
             if execution is not None and execution.exception() is not None:
                 return ("failure", execution.exception())
+            result = job.latest_result()
+            if execution is None and result is not None:  # refused before it ran
+                return ("failure", result.exc_string)
             # a horse killed mid-step: RQ failed the job; recovery brings it back
         return None
 

@@ -23,7 +23,9 @@ from .conformance import (
     Worker,
     deploy,
     entries,
+    failed_with,
     journal,
+    lose_journal,
     order,
     pool,
     runs,
@@ -239,6 +241,42 @@ def lost_message_is_sent_again(harness: Harness) -> None:
             "success", [f"res-{o}", f"ch-{o}", f"ship-{o}"])
     assert runs(harness, saga_id) == {"reserve": 1, "charge": 1, "ship": 1}
     assert journal(harness, saga_id).deliveries == 1
+
+
+@scenario()
+def journal_lost_while_a_retry_waits_is_not_a_fresh_start(harness: Harness) -> None:
+    # Given a saga whose charge failed once and waits 2 s in the broker,
+    with pool(harness, concurrency=2):
+        o = order()
+        saga_id = harness.send("kw.flaky", o, 1, 2.0)
+        wait_for(lambda: (e := harness.store.get(saga_id)) and e.status == "waiting", 30,
+                 "the charge's retry to wait")
+        # when its journal is lost (evicted, flushed, Redis restarted without persistence),
+        lose_journal(harness, saga_id)
+        # then the delayed delivery, presenting its lease token, runs nothing: it
+        # fails with JournalLost rather than starting afresh (reserve would run again).
+        state, error = harness.outcome(saga_id, 30)
+    assert state == "failure" and failed_with(error, "JournalLost"), (state, error)
+    assert runs(harness, saga_id) == {"reserve": 1, "charge": 1}
+    assert harness.store.get(saga_id) is None  # nothing was created in its place
+
+
+@scenario(Can.LOSE)
+def journal_lost_before_a_recorded_send_is_delivered_is_not_a_fresh_start(
+    harness: Harness,
+) -> None:
+    # Given a saga sent while no worker runs (recorded queued, and its message says so),
+    o = order()
+    saga_id = harness.send_recorded("kw.checkout", o, claim_timeout=60.0)
+    assert journal(harness, saga_id).status == "queued"
+    # when the record is lost before any delivery,
+    lose_journal(harness, saga_id)
+    # then its delivery runs nothing and fails with JournalLost.
+    with pool(harness, concurrency=1):
+        state, error = harness.outcome(saga_id, 30)
+    assert state == "failure" and failed_with(error, "JournalLost"), (state, error)
+    assert runs(harness, saga_id) == {}
+    assert harness.store.get(saga_id) is None
 
 
 @scenario(Can.KILL)

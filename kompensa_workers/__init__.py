@@ -19,7 +19,7 @@ from ._core.step import Step
 
 # Running sagas
 from ._driver.deliver import Busy, Failed, Finished, Outcome, RetryLater, deliver
-from ._driver.runner import SagaRunner, run
+from ._driver.runner import SagaRunner, arun, run
 
 # Journals
 from .stores.memory import MemoryStore
@@ -102,6 +102,7 @@ __all__ = [
     "RetryLater",
     "SagaRunner",
     "deliver",
+    "arun",
     "run",
     # Journals
     "Claim",

@@ -103,7 +103,7 @@ class StubHarness(InProcessHarness):
             else:
                 value = message.get_result(backend=self.broker.get_results_backend(),
                                            block=True, timeout=int(timeout * 1000))
-        except SagaError as error:
+        except (SagaError, ResultFailure) as error:  # ResultFailure: refused before it ran
             return ("failure", error)
         except ResultTimeout as exc:
             raise AssertionError(f"{message_id}: no result in {timeout}s") from exc

@@ -15,7 +15,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from integrations.apps import sagas
 from integrations.conformance import Can
-from kompensa_workers import SagaError
+from kompensa_workers import KompensaError
 
 from . import rq_app
 from .support import InProcessHarness
@@ -115,7 +115,7 @@ class RQStubHarness(InProcessHarness):
             assert saga is not None, job.func_name
             try:
                 saga.get_saga_result(job)
-            except SagaError as error:
+            except KompensaError as error:  # a saga's error, or one that refused to run it
                 return ("failure", error)
             raise AssertionError(f"{message_id} failed without a saga error")
         return None

@@ -24,6 +24,7 @@ TTL, and the execution resumes once the code matches again (or, after
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ def deliver(
     instance("deliver", "retry", retry, Retry)
     if time_limit is not None:
         number("deliver", "time_limit", time_limit, inclusive=False)
+    _refuse_blocking_a_running_loop(fn, key)
     deadline = None if time_limit is None else time.monotonic() + time_limit
     args = tuple(args)
     kwargs = dict(kwargs or {})
@@ -232,6 +234,29 @@ def deliver(
     delay = outcome.delay if isinstance(outcome, RetryLater) else None
     hook.on_saga_end(SagaEvent(key, name, run.status, error=error, delay=delay))
     return outcome
+
+
+def _refuse_blocking_a_running_loop(fn: SagaFunction, key: str) -> None:
+    """An ``async def`` saga run synchronously from a thread whose event loop is
+    running would need a second loop in that thread: refused before anything is
+    recorded, naming the way that works."""
+    asyncio = sys.modules.get("asyncio")  # not loaded: no loop can be running
+    if asyncio is None or not inspect.iscoroutinefunction(fn):
+        return
+    from .._core.loops import coroutine_runner
+
+    if coroutine_runner.get() is not None:
+        return  # the adapter runs it on its worker's loop
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"saga {saga_name(fn)!r} (key {key!r}) is async and this thread is running an "
+        "event loop: a blocking run() here cannot run it. Await it instead: "
+        "`await runner.arun(fn, ...)` or `await kompensa_workers.arun(fn, ...)`; "
+        "nothing was recorded"
+    )
 
 
 def _fingerprint(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

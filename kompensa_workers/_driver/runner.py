@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .._core.check import count, instance, number
@@ -85,6 +85,32 @@ class SagaRunner:
         key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
         return self.execute(fn, args, kwargs, key=key)
 
+    async def arun(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """:meth:`run` from a coroutine: ``await runner.arun(fn, ...)``. The saga's
+        coroutine runs on the caller's event loop (where its clients live); the
+        journal calls and retry waits happen in a worker thread, never blocking it."""
+        import asyncio
+
+        from .._core.loops import coroutine_runner
+
+        loop = asyncio.get_running_loop()
+
+        def on_callers_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+        def call() -> Any:
+            coroutine_runner.set(on_callers_loop)  # this thread's copy of the context
+            return self.run(fn, *args, idempotency_key=idempotency_key, **kwargs)
+
+        return await asyncio.to_thread(call)
+
     def execute(
         self,
         fn: Callable[..., T],
@@ -145,3 +171,10 @@ def run(
 ) -> T:
     """``SagaRunner().run(...)`` on the process-wide default runner."""
     return default_runner().run(fn, *args, idempotency_key=idempotency_key, **kwargs)
+
+
+async def arun(
+    fn: Callable[..., Any], /, *args: Any, idempotency_key: str | None = None, **kwargs: Any
+) -> Any:
+    """``await SagaRunner().arun(...)`` on the process-wide default runner."""
+    return await default_runner().arun(fn, *args, idempotency_key=idempotency_key, **kwargs)

@@ -63,7 +63,7 @@ from .sending import (
     RECORDED_HEADER,
     REPORT_WAIT_HEADER,
     TOKEN_HEADER,
-    bindings,
+    publishing,
     record_send,
     resend_options,
     without_token,
@@ -100,7 +100,11 @@ class SagaTask(Task):  # type: ignore[misc]
         options.update(zip(APPLY_ASYNC_POSITIONAL, more, strict=False))
         if self.saga.options.claim_timeout is not None and not self.app.conf.task_always_eager:
             self.saga.store  # noqa: B018 - no journal to be had: an error, and nothing sent
-        return super().apply_async(args, kwargs, **options)
+        token = publishing.set(self.saga)
+        try:
+            return super().apply_async(args, kwargs, **options)
+        finally:
+            publishing.reset(token)
 
     def run_saga(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One delivery of the saga, translated into Celery's outcome."""
@@ -223,7 +227,6 @@ def saga_task(
         )
         binding = SagaBinding(fn, options, name=name, broker="celery", kind="task",
                               default_store=lambda: default_store(app))
-        bindings[name] = binding
 
         def run(self: SagaTask, *args: Any, **kwargs: Any) -> Any:
             return self.run_saga(args, kwargs)

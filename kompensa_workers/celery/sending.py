@@ -9,11 +9,13 @@ once, and its headers say so (``kompensa_recorded``) when the journal took it.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from celery import current_app
 from kombu.utils import json as kombu_json
 
 from .._driver.binding import SagaBinding
@@ -38,8 +40,22 @@ PROTOCOL_HEADERS = frozenset({
     "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
 })
 
-# The saga tasks of this process, by task name: what a published message is.
-bindings: dict[str, SagaBinding] = {}
+# The saga task whose apply_async is publishing in this context (a message sent by
+# name is looked up in the current app instead).
+publishing: contextvars.ContextVar[SagaBinding | None] = contextvars.ContextVar(
+    "kompensa_celery_publishing", default=None)
+
+
+def binding_of(name: str) -> SagaBinding | None:
+    """The saga task a message named ``name`` is for, if this process declares it."""
+    binding = publishing.get()
+    if binding is not None and binding.name == name:
+        return binding
+    try:
+        found = getattr(current_app.tasks.get(name), "saga", None)
+    except RuntimeError:  # an app with autofinalize=False, not finalized yet
+        return None
+    return found if isinstance(found, SagaBinding) else None
 
 
 def record_send(
@@ -48,7 +64,7 @@ def record_send(
 ) -> None:
     """``before_task_publish``: record a saga task's first send ``queued`` and say
     so in its headers. Never raises (the binding's ``expect`` bounds the wait)."""
-    binding = bindings.get(sender) if isinstance(sender, str) else None
+    binding = binding_of(sender) if isinstance(sender, str) else None
     if binding is None or not isinstance(headers, dict) or headers.get("retries"):
         return
     if any(name in headers for name in RESENT_HEADERS):
