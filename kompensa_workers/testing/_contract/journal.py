@@ -18,6 +18,22 @@ class JournalScenarios(ContractBase):
         assert store.get("nobody") is None
         assert store.cancel("nobody") is False
 
+    def test_a_claim_that_must_find_a_record_never_creates_one(self, store: Any) -> None:
+        # A delivery presenting a lease token, or whose message says it was recorded
+        # at send, finds no record: "lost", and nothing is created in its place.
+        assert self.claim(store, "gone", token="tok-from-an-earlier-grant").state == "lost"
+        lost = store.claim("gone", saga="s", fingerprint="fp", lease_token=None,
+                           lock_ttl=self.lock_ttl, at=time.time(), must_exist=True)
+        assert lost.state == "lost" and lost.lease is None
+        assert store.get("gone") is None
+        assert "gone" not in list(store.keys())
+        # A first delivery still starts it; a recorded one finds the queued record.
+        assert self.claim(store, "gone").state == "granted"
+        store.expect("sent", saga="s", dispatch=b"\x80", within=60, at=time.time())
+        found = store.claim("sent", saga="s", fingerprint="fp", lease_token=None,
+                            lock_ttl=self.lock_ttl, at=time.time(), must_exist=True)
+        assert found.state == "granted"
+
     def test_terminal_records_expire_except_those_that_need_a_person(self, store: Any) -> None:
         store.retention = 0.2
         for key, status in (("done", "succeeded"), ("stuck", "compensation_failed")):
