@@ -27,6 +27,7 @@ from kompensa_workers import (
     Saga,
     SagaEvent,
     SagaRunner,
+    StoreMisconfigured,
     TransientError,
     arun,
     deliver,
@@ -248,3 +249,60 @@ def test_an_async_saga_is_awaited_on_the_callers_loop() -> None:
     assert (first, second) == ("paid 7", "paid 8")
     assert seen[0] is loop  # its async step ran where the caller's clients live
     assert store.get("order-7").status == "succeeded"  # type: ignore[union-attr]
+
+
+# -- a journal that refuses the worker ----------------------------------------------
+
+
+class RefusingStore(MemoryStore):
+    """A journal whose server refuses this client (a wrong password, say)."""
+
+    def claim(self, key: str, **options: Any) -> Any:
+        raise StoreMisconfigured("authentication failed (WRONGPASS): check the password")
+
+    def get(self, key: str) -> Any:
+        raise StoreMisconfigured("authentication failed (WRONGPASS): check the password")
+
+
+def test_a_refusing_journal_is_said_at_worker_boot_and_its_messages_wait(
+    broker: StubBroker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RefusingStore()
+    ran: list[str] = []
+    enqueued: list[tuple[str, int | None]] = []
+
+    class Watch(dramatiq.Middleware):
+        def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+            enqueued.append((message.message_id, delay))
+
+    broker.add_middleware(Watch())
+
+    @kw_dramatiq.saga_task(broker=broker, store=store, actor_name="shop.refused")
+    def checkout(saga: Saga, order: str) -> None:
+        ran.append(order)
+
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    with caplog.at_level(logging.DEBUG, "kompensa_workers"):
+        worker.start()
+        try:
+            # The worker says at start that its journal refuses it,
+            said = lambda: [r for r in caplog.records  # noqa: E731
+                            if r.levelno == logging.ERROR and "WRONGPASS" in r.getMessage()]
+            deadline = time.monotonic() + 5
+            while not said() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(said()) == 1
+            # and two saga messages are neither run nor dead-lettered: each is sent
+            # again (same id) for a worker whose journal takes it, said no more at ERROR.
+            sent = [checkout.send(str(n)).message_id for n in range(2)]
+            refusals = lambda: [r for r in caplog.records  # noqa: E731
+                                if "WRONGPASS" in r.getMessage()]
+            while len(refusals()) < 3 and time.monotonic() < deadline + 5:
+                time.sleep(0.02)
+        finally:
+            worker.stop()
+    assert ran == []
+    assert broker.dead_letters == []
+    assert sorted(enqueued, key=str) == sorted(
+        [(m, None) for m in sent] + [(m, 10_000) for m in sent], key=str)
+    assert len(said()) == 1 and len(refusals()) == 3

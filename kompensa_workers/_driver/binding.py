@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,14 @@ from .._core.check import count, instance, number
 from .._core.check import store as check_store
 from .._core.codec import check_arguments, encode
 from .._core.loops import CoroutineRunner, coroutine_runner
-from ..errors import JournalLost, LeaseLost, NonDeterminismError, SagaError, StoreUnavailable
+from ..errors import (
+    JournalLost,
+    LeaseLost,
+    NonDeterminismError,
+    SagaError,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from ..hooks import Hooks
 from ..retry import Retry
 from ..stores.protocol import Store
@@ -59,6 +66,7 @@ from .sends import sends
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
+    "check_journals",
     "SagaBinding",
     "SagaOptions",
     "coroutines_run_by",
@@ -73,6 +81,7 @@ DEFAULT_CLAIM_TIMEOUT = 600.0
 LEASE_LOST_RETRY = 1.0  # perhaps a newer delivery holds it; perhaps it just lapsed
 STORE_DOWN_RETRY = 5.0  # at most; min(lock_ttl, this)
 DEFAULT_SEND_TIMEOUT = 0.5  # how long a producer waits for its send to be recorded
+REFUSED_RETRY = 10.0  # a journal refusing this worker: the message waits for another
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,12 @@ class SagaBinding:
                 "\"JournalLost\")", self.name, key, exc,
             )
             return Raise(exc)
+        except StoreMisconfigured as exc:
+            # Not an outage: waiting will not fix it. Nothing ran; the message is
+            # sent again for a worker whose journal takes it (this one, once fixed).
+            refused(self.store, self.logger, exc)
+            return SendAgain(REFUSED_RETRY, None, f"the journal refuses this worker: {exc}",
+                             tracing.carry(trace))
         except LeaseLost:
             return self._defer(key, trace, LEASE_LOST_RETRY, "lease lost mid-delivery",
                                logging.WARNING, journaled=True)
@@ -266,11 +281,60 @@ class SagaBinding:
         )
         return runner.execute(self.fn, args, kwargs, key=key, name=self.name)
 
+    def check_journal(self) -> StoreMisconfigured | None:
+        """At worker start: one read from the journal. A journal that refuses this
+        worker (a wrong password, TLS, an eviction policy that loses journals) is
+        said at once, at ERROR, with its cause; an unreachable one is only noted
+        (outages are waited out by each delivery)."""
+        try:
+            self.store.get(PROBE_KEY)
+        except StoreMisconfigured as exc:
+            refused(self.store, self.logger, exc)
+            return exc
+        except Exception as exc:
+            self.logger.warning("%s: the journal did not answer at start (%s)", self.name, exc)
+        return None
+
     def ended_error(self, key: str) -> SagaError | None:
         """The error execution ``key`` ended with, rebuilt from the journal (its
         failed step, cause and compensation errors); None if it has not failed."""
         execution = self.store.get(key)
         return execution.exception() if execution is not None else None
+
+
+PROBE_KEY = "kompensa:worker-start-probe"  # read, never written
+_refusals: dict[int, str] = {}  # id(store) -> the refusal last said of it
+_refusals_mutex = threading.Lock()
+
+
+def refused(store: Store, logger: logging.Logger, exc: StoreMisconfigured) -> None:
+    """Say at ERROR that ``store`` refuses this worker, once per store and cause (a
+    redelivery of the same refusal is logged at DEBUG only)."""
+    text = str(exc)
+    with _refusals_mutex:
+        first, _refusals[id(store)] = _refusals.get(id(store)) != text, text
+    if first:
+        logger.error("%s. Saga messages are not run here and not lost: each is sent "
+                     "again in %gs for a worker whose journal takes it.", text, REFUSED_RETRY)
+    else:
+        logger.debug("%s", text)
+
+
+def check_journals(bindings: Iterable[SagaBinding]) -> None:
+    """At worker start, in the background (an unreachable journal must not hold the
+    boot up): :meth:`SagaBinding.check_journal` once per distinct store."""
+    chosen: dict[int, SagaBinding] = {}
+    for binding in bindings:
+        try:
+            chosen.setdefault(id(binding.store), binding)
+        except Exception as exc:  # no journal to be had: said when a delivery needs it
+            binding.logger.error("%s: no journal: %s", binding.name, exc)
+
+    def check() -> None:
+        for binding in chosen.values():
+            binding.check_journal()
+
+    threading.Thread(target=check, name="kompensa-journal-check", daemon=True).start()
 
 
 def saga_label(fn: SagaFunction) -> str:

@@ -47,6 +47,7 @@ from .._driver.binding import (
     DEFAULT_SEND_TIMEOUT,
     SagaBinding,
     SagaOptions,
+    check_journals,
     redis_journal,
     saga_label,
 )
@@ -293,7 +294,16 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         logger.exception("%s[%s]: revoked, but cancelling it failed", sender.name, key)
 
 
+def _check_journals_at_start(sender: Any = None, **_: Any) -> None:
+    """A worker whose journal refuses it (password, TLS, eviction policy) says so
+    as it starts, not only when a saga message arrives."""
+    app = getattr(sender, "app", None)
+    if app is not None:
+        check_journals(t.saga for t in list(app.tasks.values()) if isinstance(t, SagaTask))
+
+
 task_revoked.connect(_cancel_revoked, weak=False)
+worker_ready.connect(_check_journals_at_start, weak=False)
 before_task_publish.connect(record_send, weak=False)
 
 

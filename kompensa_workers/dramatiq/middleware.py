@@ -11,6 +11,7 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.middleware import TimeLimit
 
+from .._driver.binding import check_journals
 from .._driver.deliver import delivery_budget
 from .._driver.recovery import recovery_thread
 from ..stores.protocol import Store
@@ -64,6 +65,8 @@ class SagaMiddleware(Middleware):
         _state.quiet = None  # the worker has logged (or not) by now
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        # A journal that refuses this worker (password, TLS, eviction) is said now.
+        check_journals(a.saga for a in list(broker.actors.values()) if isinstance(a, SagaActor))
         if self.recovery is None:
             return
         store, interval = self.recovery
