@@ -120,11 +120,11 @@ def published(app: Celery) -> dict[str, dict[str, Any]]:
 def test_celery_sends_by_name_and_canvases_are_recorded_once() -> None:
     app, store = celery_app(), MemoryStore()
 
-    @kw_celery.saga_task(app, store=store, name="shop.checkout")
+    @kw_celery.saga_task(app, store=store, name="sends.checkout", shared=False)
     def checkout(saga: Saga, order: str) -> None:
         pass
 
-    by_name = app.send_task("shop.checkout", args=["1"])
+    by_name = app.send_task("sends.checkout", args=["1"])
     direct = checkout.delay("2")
     fanned = group(checkout.s("3"), checkout.s("4")).apply_async()
     ids = [by_name.id, direct.id, *(r.id for r in fanned.results)]
@@ -133,7 +133,7 @@ def test_celery_sends_by_name_and_canvases_are_recorded_once() -> None:
     for task_id in ids:
         sent = store.get(task_id)
         assert sent is not None and sent.status == "queued", task_id
-        assert sent.dispatch is not None and sent.dispatch["name"] == "shop.checkout"
+        assert sent.dispatch is not None and sent.dispatch["name"] == "sends.checkout"
         assert headers[task_id]["kompensa_recorded"] == 1
     assert store.get(by_name.id).dispatch["args"] == ["1"]  # type: ignore[union-attr]
     assert store.get(by_name.id).dispatch["options"]["queue"] == "unit-sends"  # type: ignore[union-attr]
@@ -180,7 +180,7 @@ def test_a_producer_waits_at_most_send_timeout_and_says_so_once(
 ) -> None:
     app, store = celery_app(), HangingStore()
 
-    @kw_celery.saga_task(app, store=store, name="shop.checkout", send_timeout=0.2)
+    @kw_celery.saga_task(app, store=store, name="sends.hanging", send_timeout=0.2, shared=False)
     def checkout(saga: Saga, order: str) -> None:
         pass
 
