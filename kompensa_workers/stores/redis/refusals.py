@@ -40,7 +40,9 @@ _TRANSIENT_ERRORS = (
 )
 _TRANSIENT_REPLIES = ("OOM", "MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
                       "NOREPLICAS", "LOADING", "command not allowed when used memory")
-# ...the keys are not where a standalone server would have them...
+# ...the keys are not where a standalone server would have them (redis-py drops
+# the MOVED / ASK code from the text of the exceptions it makes of them)...
+_CLUSTER_ERRORS = (redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError)
 _CLUSTER_REPLIES = ("CROSSSLOT", "MOVED", "ASK", "Keys in request don't hash",
                     "all keys must map to the same key slot")
 # ...or what is stored is not what our scripts wrote (a Lua runtime error on data).
@@ -58,7 +60,7 @@ def classify(exc: redis.ResponseError) -> str:
     text = str(exc)
     if isinstance(exc, _TRANSIENT_ERRORS) or any(m in text for m in _TRANSIENT_REPLIES):
         return "transient"
-    if any(marker in text for marker in _CLUSTER_REPLIES):
+    if isinstance(exc, _CLUSTER_ERRORS) or any(m in text for m in _CLUSTER_REPLIES):
         return "cluster"
     if any(marker in text for marker in _CORRUPT_REPLIES):
         return "corrupt"
