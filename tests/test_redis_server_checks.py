@@ -143,6 +143,13 @@ def test_outages_are_not_refusals(error: redis.RedisError) -> None:
     assert refusal(error, CLOSED) is None
 
 
+def test_a_tls_clients_read_timeout_is_an_outage() -> None:
+    # Only a timeout in the TLS handshake makes the store ask the server which
+    # protocol it speaks; a read timeout on a TLS connection is waited out.
+    tls = redis.Redis(host="127.0.0.1", port=free_port(), ssl=True)
+    assert refusal(redis.TimeoutError("Timeout reading from socket"), tls) is None
+
+
 # -- the check -----------------------------------------------------------------------
 
 

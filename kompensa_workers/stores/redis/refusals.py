@@ -150,7 +150,8 @@ def _protocol_mismatch(
     uses_tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
     timeout = min(_PROBE_TIMEOUT, options.get("socket_connect_timeout") or _PROBE_TIMEOUT)
     if uses_tls and isinstance(exc, redis.TimeoutError):
-        if _speaks(host, port, timeout) == "resp":
+        handshake = any("handshake" in str(e) for e in _chain(exc))
+        if handshake and _speaks(host, port, timeout) == "resp":
             return StoreMisconfigured(
                 "TLS handshake failed: the server answers plain Redis, not TLS; use a "
                 "redis:// URL (no ssl=True), or enable TLS on the server", where,
