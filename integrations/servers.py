@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -29,9 +29,21 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process on 127.0.0.1:``port``."""
+    """A redis-server child process on 127.0.0.1:``port``.
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    ``args`` go on the command line after the defaults (a later option wins);
+    ``password`` is the one the helper's own clients use (with ``--requirepass``);
+    ``tls`` is a (certificate, key) pair: the port then speaks TLS only.
+    """
+
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        args: Sequence[str] = (),
+        password: str | None = None,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             message = "redis-server is not installed"
@@ -42,6 +54,9 @@ class RedisServer:
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="kw-redis-")
         self.appendonly = appendonly
+        self.args = list(args)
+        self.password = password
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +64,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, **options: object) -> redis.Redis:
+        if self.password is not None:
+            options.setdefault("password", self.password)
+        if self.tls is not None:
+            options.setdefault("ssl", True)
+            options.setdefault("ssl_cert_reqs", "none")
         return redis.Redis(host="127.0.0.1", port=self.port, **options)  # type: ignore[arg-type]
 
     def start(self) -> RedisServer:
@@ -58,6 +78,10 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",
         ]
+        if self.tls is not None:
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                        self.tls[0], "--tls-key-file", self.tls[1], "--tls-auth-clients", "no"]
+        command += self.args
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -153,7 +153,7 @@ def test_a_retried_write_that_had_landed_is_acknowledged_not_refused() -> None:
 def test_redis_error_replies_are_told_apart(reply: str, kind: str) -> None:
     import redis
 
-    from kompensa_workers.stores.redis.store import _classify
+    from kompensa_workers.stores.redis.refusals import classify as _classify
 
     assert _classify(redis.ResponseError(reply)) == kind
 

@@ -12,7 +12,10 @@ voted (or can no longer be reached); a master that has not answered within
 master would otherwise hold a thread forever) and should not retry on their own:
 :meth:`Redlock.from_urls` builds such clients. Extension needs a majority again;
 release asks every master. A master restarted without persistence forgets its
-votes: keep it out for one TTL after a restart (see the Redlock paper). The fencing
+votes: keep it out for one TTL after a restart (see the Redlock paper). A master
+that refuses this client (a wrong password, TLS, a command it lacks) is logged once
+and counts as unreachable; when such masters alone leave too few for a majority, the
+round raises StoreMisconfigured rather than StoreUnavailable. The fencing
 token of a grant comes from the journal (RedisStore increments it in the same call
 that records the grant), so it increases strictly across grants whichever majority
 voted.
@@ -20,23 +23,28 @@ voted.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry as RedisRetry
 
-from ...errors import StoreUnavailable
+from ...errors import StoreMisconfigured, StoreUnavailable
+from .refusals import address, refusal
 from .scripts import source
 
 __all__ = ["Grant", "Redlock"]
 
 _FAILURES = (redis.RedisError, OSError)
+
+logger = logging.getLogger("kompensa_workers")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class _Round:
     votes: int
     refusals: int
     errors: list[BaseException]
+    misconfigured: list[StoreMisconfigured]
 
 
 class Redlock:
@@ -89,6 +98,7 @@ class Redlock:
         self.timeout = timeout
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
+        self._reported: set[int] = set()  # masters whose refusal was logged
         self._acquire = [c.register_script(source("lock_acquire")) for c in masters]
         self._extend = [c.register_script(source("lock_extend")) for c in masters]
         self._release = [c.register_script(source("lock_release")) for c in masters]
@@ -142,8 +152,11 @@ class Redlock:
                   early=False)
 
     def _raise_if_undecided(self, resource: str, round_: _Round) -> None:
-        """A majority neither granted nor refused: the masters were not reachable."""
+        """A majority neither granted nor refused: the masters were not reachable,
+        or too many of them refuse this client for a majority to be possible."""
         if round_.refusals <= len(self.clients) - self.quorum:
+            if len(round_.misconfigured) > len(self.clients) - self.quorum:
+                raise round_.misconfigured[0]
             answered = round_.votes + round_.refusals
             raise StoreUnavailable(
                 resource, self.timeout, round_.errors[0] if round_.errors else TimeoutError(),
@@ -165,7 +178,11 @@ class Redlock:
         self, call: Callable[[Script], object], scripts: list[Script], *, early: bool = True
     ) -> _Round:
         pool = self._executor()
-        futures: set[Future[object]] = {pool.submit(call, s) for s in scripts}
+        masters: dict[Future[object], int] = {
+            pool.submit(call, script): index for index, script in enumerate(scripts)
+        }
+        futures = set(masters)
+        misconfigured: list[StoreMisconfigured] = []
         deadline = time.monotonic() + self.timeout
         votes, refusals, errors = 0, 0, list[BaseException]()
         undecidable = len(scripts) - self.quorum  # more refusals than this: no majority
@@ -183,12 +200,34 @@ class Redlock:
                         refusals += 1
                 except _FAILURES as exc:
                     errors.append(exc)
+                    refused = self._refused(masters[future], exc)
+                    if refused is not None:
+                        misconfigured.append(refused)
             # Decided: a majority granted, or a majority refused. Errors alone do not
             # stop the round, so the count of masters that answered is exact.
             if early and (votes >= self.quorum or refusals > undecidable):
                 break
         errors += [TimeoutError(f"no answer within {self.timeout:g}s") for _ in futures]
-        return _Round(votes, refusals, errors)
+        for late in futures:  # a refusal that comes after the round is still logged
+            late.add_done_callback(partial(self._late, masters[late]))
+        return _Round(votes, refusals, errors, misconfigured)
+
+    def _late(self, index: int, future: Future[object]) -> None:
+        exc = future.exception()
+        if isinstance(exc, _FAILURES):
+            self._refused(index, exc)
+
+    def _refused(self, index: int, exc: BaseException) -> StoreMisconfigured | None:
+        """The refusal ``exc`` from master ``index`` shows, logged once per master."""
+        client = self.clients[index]
+        refused = refusal(exc, client)
+        if refused is not None and index not in self._reported:
+            self._reported.add(index)
+            logger.warning(
+                "Redlock master %s refuses this client (it counts as unreachable): %s",
+                address(client), refused.cause,
+            )
+        return refused
 
 
 def _ms(seconds: float) -> int:

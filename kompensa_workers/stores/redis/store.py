@@ -30,14 +30,13 @@ from .keys import (
     validate_namespace,
 )
 from .redlock import Redlock
+from .refusals import TRANSIENT, classify, refusal
 from .scripts import register
+from .server import ServerCheck
 
 __all__ = ["RedisStore"]
 
 T = TypeVar("T")
-
-# Errors worth waiting out: the server restarts, loads its data, or fails over.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 class RedisStore:
@@ -51,7 +50,12 @@ class RedisStore:
     for up to ``write_timeout`` seconds (default half the lease) before
     :class:`StoreUnavailable` ends the delivery; the execution then resumes later.
     The client's own retries and socket timeouts add to that bound (``from_url``
-    turns the former off).
+    turns the former off). A refusal waiting will not fix (a wrong password, TLS, a
+    command the server lacks) raises :class:`StoreMisconfigured` at once.
+
+    The first call checks the server's settings (see ``server.py``): an
+    ``allkeys-*`` eviction policy raises StoreMisconfigured (a warning with
+    ``strict=False``); ``volatile-*`` and no persistence are logged as warnings.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class RedisStore:
         lock: Redlock | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         write_timeout: float | None = None,
+        strict: bool = True,
     ) -> None:
         if not isinstance(client, redis.Redis):
             raise TypeError(
@@ -81,6 +86,8 @@ class RedisStore:
         count("RedisStore", "max_value_bytes", max_value_bytes)
         if write_timeout is not None:
             number("RedisStore", "write_timeout", write_timeout)
+        if not isinstance(strict, bool):
+            raise TypeError(f"RedisStore: strict must be a bool, got {strict!r}")
         self.client = client
         self.namespace = validate_namespace(namespace)
         self.lock_ttl = float(lock_ttl)
@@ -91,6 +98,7 @@ class RedisStore:
         self._scripts = register(client)
         self._index = index_key(self.namespace)
         self._recovered = recovered_key(self.namespace)
+        self._server = ServerCheck(client, strict=strict)
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout: float = 5.0, **options: Any) -> RedisStore:
@@ -98,6 +106,7 @@ class RedisStore:
 
         The client does no retrying of its own: the store's ``write_timeout`` is
         then the one bound on how long a write waits for Redis to come back.
+        ``options`` are the constructor's (``namespace``, ``strict``, ...).
         """
         client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
@@ -222,6 +231,7 @@ class RedisStore:
         """Every execution in the namespace (SCAN: no long block on a big Redis)."""
         pattern = _glob_escape(self.namespace) + ":{*}:journal"
         start = len(self.namespace) + 2
+        self._retrying(self._server.ensure, "listing")
         for name in self.client.scan_iter(match=pattern, count=500):
             yield journal_key_name(name.decode()[start:-len("}:journal")])
 
@@ -282,14 +292,19 @@ class RedisStore:
         return self._retrying(lambda: self._scripts[name](keys=keys, args=list(args)), key)
 
     def _retrying(self, call: Callable[[], T], key: str) -> T:
-        """``call()``, retried through connection errors for ``write_timeout`` s."""
+        """``call()``, retried through outages for ``write_timeout`` s; the server
+        check first, until it has passed."""
         deadline = time.monotonic() + self.write_timeout
         pause = 0.05
         while True:
             try:
+                self._server.ensure()
                 return call()
-            except (*_TRANSIENT, redis.ResponseError) as exc:
-                kind = "transient" if isinstance(exc, _TRANSIENT) else _classify(exc)
+            except (*TRANSIENT, redis.ResponseError) as exc:
+                refused = refusal(exc, self.client)
+                if refused is not None:
+                    raise refused from exc
+                kind = "transient" if isinstance(exc, TRANSIENT) else classify(exc)
                 if kind == "transient":
                     if time.monotonic() + pause > deadline:
                         raise StoreUnavailable(key, self.write_timeout, exc) from exc
@@ -307,31 +322,6 @@ class RedisStore:
                         "refusing to start it afresh"
                     ) from exc
                 raise
-
-
-# Redis error replies: the server is busy or degraded and may recover...
-_TRANSIENT_ERRORS = (
-    redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-_TRANSIENT_REPLIES = ("OOM", "MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
-                      "NOREPLICAS", "LOADING", "command not allowed when used memory")
-# ...the keys are not where a standalone server would have them...
-_CLUSTER_REPLIES = ("CROSSSLOT", "MOVED", "ASK", "Keys in request don't hash",
-                    "all keys must map to the same key slot")
-# ...or what is stored is not what our scripts wrote (a Lua runtime error on data).
-_CORRUPT_REPLIES = ("WRONGTYPE", "not an integer", "attempt to ", "bad argument")
-
-
-def _classify(exc: redis.ResponseError) -> str:
-    text = str(exc)
-    if isinstance(exc, _TRANSIENT_ERRORS) or any(m in text for m in _TRANSIENT_REPLIES):
-        return "transient"
-    if any(marker in text for marker in _CLUSTER_REPLIES):
-        return "cluster"
-    if any(marker in text for marker in _CORRUPT_REPLIES):
-        return "corrupt"
-    return "other"
 
 
 def _ms(seconds: float) -> int:
