@@ -320,9 +320,11 @@ def refused(store: Store, logger: logging.Logger, exc: StoreMisconfigured) -> No
         logger.debug("%s", text)
 
 
-def check_journals(bindings: Iterable[SagaBinding]) -> None:
-    """At worker start, in the background (an unreachable journal must not hold the
-    boot up): :meth:`SagaBinding.check_journal` once per distinct store."""
+def check_journals(bindings: Iterable[SagaBinding], *, wait: float = 0.0) -> None:
+    """At worker start: :meth:`SagaBinding.check_journal` once per distinct store,
+    in the background, waiting for it at most ``wait`` seconds (a refusal answers
+    at once; an unreachable journal must not hold the boot up). Waiting before a
+    worker forks its pool lets the children know the refusal was said."""
     chosen: dict[int, SagaBinding] = {}
     for binding in bindings:
         try:
@@ -334,7 +336,9 @@ def check_journals(bindings: Iterable[SagaBinding]) -> None:
         for binding in chosen.values():
             binding.check_journal()
 
-    threading.Thread(target=check, name="kompensa-journal-check", daemon=True).start()
+    thread = threading.Thread(target=check, name="kompensa-journal-check", daemon=True)
+    thread.start()
+    thread.join(wait)
 
 
 def saga_label(fn: SagaFunction) -> str:

@@ -34,7 +34,13 @@ try:
     from celery.backends.base import DisabledBackend
     from celery.exceptions import Ignore, Reject
     from celery.exceptions import Retry as CeleryRetry
-    from celery.signals import before_task_publish, task_revoked, worker_ready, worker_shutdown
+    from celery.signals import (
+        before_task_publish,
+        celeryd_after_setup,
+        task_revoked,
+        worker_ready,
+        worker_shutdown,
+    )
     from celery.utils import uuid
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
@@ -294,16 +300,17 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         logger.exception("%s[%s]: revoked, but cancelling it failed", sender.name, key)
 
 
-def _check_journals_at_start(sender: Any = None, **_: Any) -> None:
+def _check_journals_at_start(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """A worker whose journal refuses it (password, TLS, eviction policy) says so
-    as it starts, not only when a saga message arrives."""
-    app = getattr(sender, "app", None)
+    as it starts, before its pool forks (so the children know it was said)."""
+    app = getattr(instance, "app", None)
     if app is not None:
-        check_journals(t.saga for t in list(app.tasks.values()) if isinstance(t, SagaTask))
+        check_journals((t.saga for t in list(app.tasks.values()) if isinstance(t, SagaTask)),
+                       wait=2.0)
 
 
 task_revoked.connect(_cancel_revoked, weak=False)
-worker_ready.connect(_check_journals_at_start, weak=False)
+celeryd_after_setup.connect(_check_journals_at_start, weak=False)
 before_task_publish.connect(record_send, weak=False)
 
 
