@@ -52,7 +52,7 @@ from ..errors import (
 )
 from ..hooks import Hooks, SagaEvent, dispatcher
 from ..retry import Retry
-from ..stores.heartbeat import keeper
+from ..stores.heartbeat import keeper, lease_validity
 from ..stores.protocol import Store
 
 __all__ = [
@@ -175,6 +175,7 @@ def deliver(
     hook = dispatcher(hooks)
     name = name or saga_name(fn)
     digest = _fingerprint(name, args, kwargs)
+    sent_at = time.monotonic()  # the lease's validity counts from before the claim
     claim = store.claim(
         key, saga=name, fingerprint=digest, lease_token=lease_token,
         lock_ttl=lock_ttl or store.lock_ttl, at=clock.time(),
@@ -192,15 +193,17 @@ def deliver(
         hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True, error=error))
         return Failed(error, cached=True) if error else Finished(execution.result, cached=True)
     assert claim.lease is not None
+    valid_until = lease_validity(sent_at, claim.lease.ttl)
     run = ExecutionRun(
         store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock,
-        default_retry=retry, deadline=deadline,
+        default_retry=retry, deadline=deadline, valid_until=valid_until,
     )
     resumed = execution.deliveries > 1 or bool(execution.steps)
     hook.on_saga_start(SagaEvent(key, name, execution.status, resumed=resumed))
     handle = keeper.keep(
         store, key, claim.lease, clock,
         on_lost=run.lose_lease, on_cancel=run.request_cancel,
+        valid_until=valid_until, on_renewed=run.extend_validity,
     )
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
