@@ -9,7 +9,8 @@ translate its outcome::
     Busy(after)              another delivery holds the lease; try again in ``after`` s
 
 It never sleeps. ``LeaseLost`` is raised (not returned) when this delivery was
-superseded: drop it, the newer holder carries on. An error from the store itself
+superseded, or could not renew its lease before its validity ended: drop it, the
+newer holder carries on. An error from the store itself
 (Redis unreachable) is raised as is: the execution stays as the journal has it
 and resumes on a later delivery. ``NonDeterminismError`` is raised
 when replay reaches a different step than the journal holds (the code changed under
