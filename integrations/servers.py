@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process on 127.0.0.1:``port``.
+    """A redis-server child process on ``host``:``port`` (default 127.0.0.1).
 
     ``args`` go on the command line after the defaults (a later option wins);
     ``password`` is the one the helper's own clients use (with ``--requirepass``);
@@ -43,6 +43,7 @@ class RedisServer:
         args: Sequence[str] = (),
         password: str | None = None,
         tls: tuple[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -51,6 +52,7 @@ class RedisServer:
                 pytest.fail(f"{message}; CI=true makes a missing service a failure")
             pytest.skip(message)
         self.binary = binary
+        self.host = host
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="kw-redis-")
         self.appendonly = appendonly
@@ -61,7 +63,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self, **options: object) -> redis.Redis:
         if self.password is not None:
@@ -69,11 +71,12 @@ class RedisServer:
         if self.tls is not None:
             options.setdefault("ssl", True)
             options.setdefault("ssl_cert_reqs", "none")
-        return redis.Redis(host="127.0.0.1", port=self.port, **options)  # type: ignore[arg-type]
+        return redis.Redis(host=self.host, port=self.port, **options)  # type: ignore[arg-type]
 
     def start(self) -> RedisServer:
         command = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            self.binary, "--port", str(self.port), "--bind", self.host,
+            "--protected-mode", "no" if self.host != "127.0.0.1" else "yes",
             "--dir", self.directory, "--save", "", "--daemonize", "no",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",

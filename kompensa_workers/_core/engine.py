@@ -99,9 +99,13 @@ class ExecutionRun:
         clock: Clock,
         default_retry: Retry | None = None,
         deadline: float | None = None,
+        valid_until: float | None = None,
     ) -> None:
         self.key = execution.key
         self.deadline = deadline  # time.monotonic() by which this delivery hands off
+        # time.monotonic() at which the lease must be taken as lost unless renewed
+        # (the lease keeper moves it forward); None: the holder does not track it
+        self.valid_until = valid_until
         self.default_retry = default_retry or NO_RETRY
         self.store = store
         self.lease = lease
@@ -124,9 +128,29 @@ class ExecutionRun:
         self._set_flags()
 
     def lose_lease(self) -> None:
-        """A newer holder exists: running steps see ``cancelled``; writes are refused."""
+        """A newer holder exists, or may (the lease's validity ended): running steps
+        see ``cancelled``; nothing more starts and writes are refused."""
         self.lease_lost = True
         self._set_flags()
+
+    def extend_validity(self, valid_until: float) -> None:
+        """A renewal moved the lease's validity forward to ``valid_until``."""
+        if self.valid_until is not None:
+            self.valid_until = max(self.valid_until, valid_until)
+
+    def check_lease(self) -> None:
+        """Refuse to start anything once the lease is lost, or once its validity has
+        ended on this process's own clock (even before the lease keeper says so)."""
+        expired = self.valid_until is not None and time.monotonic() >= self.valid_until
+        if expired and not self.lease_lost:
+            self.lose_lease()
+        if self.lease_lost:
+            raise Abort(LeaseLost(self.key, self._lost_because()))
+
+    def _lost_because(self) -> str:
+        if self.valid_until is not None and time.monotonic() >= self.valid_until:
+            return "its validity ended before a renewal got through"
+        return "the heartbeat found it lost"
 
     def _set_flags(self) -> None:
         with self._flags_mutex:
@@ -147,7 +171,7 @@ class ExecutionRun:
         """One fenced write. A refused write aborts the delivery; a store that
         cannot be reached ends it too, leaving the execution to resume later."""
         if self.lease_lost:  # the heartbeat learned it first: write nothing more
-            raise Abort(LeaseLost(self.key, "the heartbeat found it lost"))
+            raise Abort(LeaseLost(self.key, self._lost_because()))
         write = JournalWrite.build(
             self.clock.time(), *records, status=status, result=result,
             failure=failure, lease_ttl=lease_ttl, release=release,
@@ -181,8 +205,7 @@ class ExecutionRun:
 
     def check_forward(self) -> None:
         """Raise the signal that stops forward progress, if any."""
-        if self.lease_lost:
-            raise Abort(LeaseLost(self.key))
+        self.check_lease()
         if self.rolling_back:
             raise StopReplay()
         if self.cancel_requested:
@@ -229,6 +252,7 @@ class ExecutionRun:
         """Attempts of one step until it succeeds, gives up, or must wait."""
         policy = spec.retry or self.default_retry
         while True:
+            self.check_lease()  # every attempt: a retry, a parallel child
             ctx = self.context(spec.name, attempt)
             self.watch(ctx.cancelled, group)
             self.hooks.on_step_start(StepEvent(self.key, spec.name, attempt))

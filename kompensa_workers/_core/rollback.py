@@ -49,6 +49,7 @@ def _compensate_one(
 ) -> None:
     name = record.name
     while True:
+        run.check_lease()  # no compensation starts once the lease may be another's
         ctx = run.context(name, attempt, compensating=True)
         run.watch(ctx.cancelled, None)
         run.hooks.on_compensation_start(CompensationEvent(run.key, name, attempt))

@@ -12,7 +12,8 @@ It never sleeps. ``JournalLost`` is raised when the delivery presents a lease
 token, or its message says the journal holds it (``recorded``), and the store has
 no record of it: nothing runs, and the saga is not started afresh (its completed
 steps would run again). ``LeaseLost`` is raised (not returned) when this delivery was
-superseded: drop it, the newer holder carries on. An error from the store itself
+superseded, or could not renew its lease before its validity ended: drop it, the
+newer holder carries on. An error from the store itself
 (Redis unreachable) is raised as is: the execution stays as the journal has it
 and resumes on a later delivery. ``NonDeterminismError`` is raised
 when replay reaches a different step than the journal holds (the code changed under
@@ -57,7 +58,7 @@ from ..errors import (
 )
 from ..hooks import Hooks, SagaEvent, dispatcher
 from ..retry import Retry
-from ..stores.heartbeat import keeper
+from ..stores.heartbeat import keeper, lease_validity
 from ..stores.protocol import Store
 
 __all__ = [
@@ -185,6 +186,7 @@ def deliver(
     hook = dispatcher(hooks)
     name = name or saga_name(fn)
     digest = _fingerprint(name, args, kwargs)
+    sent_at = time.monotonic()  # the lease's validity counts from before the claim
     claim = store.claim(
         key, saga=name, fingerprint=digest, lease_token=lease_token,
         lock_ttl=lock_ttl or store.lock_ttl, at=clock.time(),
@@ -208,15 +210,17 @@ def deliver(
         hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True, error=error))
         return Failed(error, cached=True) if error else Finished(execution.result, cached=True)
     assert claim.lease is not None
+    valid_until = lease_validity(sent_at, claim.lease.ttl)
     run = ExecutionRun(
         store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock,
-        default_retry=retry, deadline=deadline,
+        default_retry=retry, deadline=deadline, valid_until=valid_until,
     )
     resumed = execution.deliveries > 1 or bool(execution.steps)
     hook.on_saga_start(SagaEvent(key, name, execution.status, resumed=resumed))
     handle = keeper.keep(
         store, key, claim.lease, clock,
         on_lost=run.lose_lease, on_cancel=run.request_cancel,
+        valid_until=valid_until, on_renewed=run.extend_validity,
     )
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
