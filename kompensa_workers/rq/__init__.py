@@ -18,7 +18,8 @@ lease has expired, and an orphaned horse still running keeps its lease alive, so
 its replacement is deferred rather than run beside it. :func:`recover_stranded`
 repairs what a dead worker leaves in RQ's own registries.
 
-    job.py       SagaJob, saga_task: a delivery and what it returns to RQ
+    task.py      saga_task: a saga function as a SagaJob
+    job.py       SagaJob: its enqueues, a delivery and what it returns to RQ
     recovery.py  recover: jobs whose lease expired, enqueued again
     stranded.py  jobs a dead worker stranded before their saga began
     worker.py    SagaWorker: recovery in every worker
@@ -26,9 +27,10 @@ repairs what a dead worker leaves in RQ's own registries.
 
 from __future__ import annotations
 
-from .job import TOKEN_META, SagaJob, saga_task, scheduler_running
+from .job import TOKEN_META, SagaJob, scheduler_running
 from .recovery import recover
 from .stranded import recover_stranded
+from .task import saga_task
 from .worker import SagaWorker
 
 __all__ = [
