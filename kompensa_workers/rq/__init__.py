@@ -12,10 +12,13 @@ action into RQ's terms::
                               ``job.meta`` when a step waits; a scheduler must
                               serve the queue)
 
-A job killed with its work horse comes back through the lease: :func:`recover`
-(run by :class:`SagaWorker` in every worker) re-enqueues the same job id once the
-lease has expired, and an orphaned horse still running keeps its lease alive, so
-its replacement is deferred rather than run beside it. :func:`recover_stranded`
+A job whose work horse dies comes back with the same job id: through the RQ
+``Retry`` a saga job is enqueued with (any worker run with ``--with-scheduler``
+schedules it again a lease later), and through the lease: :func:`recover` (run by
+:class:`SagaWorker` in every worker) re-enqueues a job whose lease has expired and
+that neither its queue nor RQ's scheduler holds (a whole worker killed, a job sent
+without the Retry). An orphaned horse still running keeps its lease alive, so its
+replacement is deferred rather than run beside it. :func:`recover_stranded`
 repairs what a dead worker leaves in RQ's own registries.
 
     task.py      saga_task: a saga function as a SagaJob
