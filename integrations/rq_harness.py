@@ -28,19 +28,27 @@ from .processes import ROOT, pause, proc_stat, session_members
 JOB_OPTIONS: dict[str, dict[str, Any]] = {"kw.overrunning": {"timeout": 3}}
 
 
-class RQWorker:
-    """``count`` `rq worker` processes on one queue (RQ runs one job per worker)."""
+# The `rq` command installed with RQ (a plain worker: no SagaWorker, no recovery).
+RQ_COMMAND = Path(sys.executable).with_name("rq")
 
-    def __init__(self, env: dict[str, str], count: int, name: str) -> None:
+
+class RQWorker:
+    """``count`` `rq worker` processes on one queue (RQ runs one job per worker):
+    ``integrations.apps.rq_app.Worker`` (a SagaWorker), or with ``plain`` the `rq`
+    command's own worker, as a user runs it without this library's worker class."""
+
+    def __init__(self, env: dict[str, str], count: int, name: str, *,
+                 plain: bool = False) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         for index in range(count):
             log = Path(tempfile.mkstemp(prefix=f"kw-{name}-{index}-", suffix=".log")[1])
+            worker_class = [] if plain else ["-w", "integrations.apps.rq_app.Worker"]
             command = [
-                sys.executable, "-m", "rq.cli", "worker", "-u", env["KW_BROKER_URL"],
-                "-w", "integrations.apps.rq_app.Worker", "-S", "rq.serializers.JSONSerializer",
-                "--with-scheduler", "--maintenance-interval", "5", "-n", f"{name}-{index}",
-                env["KW_QUEUE"],
+                *([str(RQ_COMMAND)] if plain else [sys.executable, "-m", "rq.cli"]),
+                "worker", "-u", env["KW_BROKER_URL"], *worker_class,
+                "-S", "rq.serializers.JSONSerializer", "--with-scheduler",
+                "--maintenance-interval", "5", "-n", f"{name}-{index}", env["KW_QUEUE"],
             ]
             with log.open("wb") as out:
                 self.processes.append(subprocess.Popen(
@@ -111,9 +119,11 @@ class RQHarness:
         self.redis = redis.Redis.from_url(redis_url)
         self.workers: list[RQWorker] = []
 
-    def start_worker(self, *, concurrency: int = 4, recovery: float | None = None) -> RQWorker:
+    def start_worker(self, *, concurrency: int = 4, recovery: float | None = None,
+                     plain: bool = False) -> RQWorker:
         self._release_dead_scheduler_lock()
-        worker = RQWorker(self.env, concurrency, f"w{len(self.workers)}-{self.namespace}")
+        worker = RQWorker(self.env, concurrency, f"w{len(self.workers)}-{self.namespace}",
+                          plain=plain)
         self.workers.append(worker)
         return worker
 
@@ -132,6 +142,19 @@ class RQHarness:
             **{**JOB_OPTIONS.get(saga, {}), **options},
         )
         return str(job.id)
+
+    def enqueue(self, saga: str, method: str, *args: Any) -> str:
+        """Enqueue through the saga job's own ``method`` (``delay``, ``enqueue_in``,
+        ...) in a producer process that imports the app, as a user's does; the job id."""
+        code = ("import json, sys; from integrations.apps import rq_app; "
+                "job = getattr(getattr(rq_app, sys.argv[1]), sys.argv[2])"
+                "(*json.loads(sys.argv[3])); print(job.id)")
+        done = subprocess.run(
+            [sys.executable, "-c", code, saga.removeprefix("kw."), method, json.dumps(args)],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
 
     def send_ordinary(self, tag: str) -> str:
         return str(self.queue.enqueue_call("integrations.apps.rq_app.ordinary", args=(tag,)).id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,15 +76,17 @@ def test_examples_run() -> None:
 
 def run_example(
     server: RedisServer, worker: list[str], example: str,
-    ready: Callable[[], bool] | None = None,
+    ready: Callable[[], bool] | None = None, stop_wait: float = 30.0,
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     """Start the example's worker (``python -m`` + ``worker``) on ``server``, wait for
     ``ready``, send orders 42 and declined-7 with the example's own client, stop the
-    worker; returns the client's run and the worker's log."""
+    worker (a warm shutdown, killed with its children after ``stop_wait`` seconds);
+    returns the client's run and the worker's log."""
     env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", *worker],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", *worker], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: a kill takes its children too
     )
     try:
         deadline = time.monotonic() + 30
@@ -96,12 +100,15 @@ def run_example(
     finally:
         process.terminate()
         try:
-            logs, _ = process.communicate(timeout=30)
+            logs, _ = process.communicate(timeout=stop_wait)
         except subprocess.TimeoutExpired:
-            # An rq worker's warm shutdown can stall up to 60 s stopping redis-py's
-            # pubsub thread; what it logged until then is what this test reads.
-            process.kill()
+            # A warm shutdown that stalls (an rq worker's can, up to 60 s, stopping
+            # redis-py's pubsub thread): what it logged until then is what this test
+            # reads. Its children go too, or they would hold its output open.
+            os.killpg(process.pid, signal.SIGKILL)
             logs, _ = process.communicate(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # a child left behind
+            os.killpg(process.pid, signal.SIGKILL)
     assert sent.returncode == 0, sent.stderr + logs
     assert "42 -> {'charge': 'ch-42', 'parcel': 'parcel-42'}" in sent.stdout
     assert "declined-7 -> failed at charge and rolled back: card declined" in sent.stdout
@@ -126,12 +133,15 @@ def test_dramatiq_example_runs_with_a_real_worker() -> None:
 
 
 def test_rq_example_runs_with_a_real_worker() -> None:
+    # Every line this test reads is logged before the client has its outcomes: the
+    # worker is stopped then, and killed after 5 s should its warm shutdown stall.
     with redis_servers(1) as [server]:
         _, logs = run_example(
             server, ["rq.cli", "worker", "-u", server.url, "-w", "kompensa_workers.rq.SagaWorker",
                      "-S", "rq.serializers.JSONSerializer", "--with-scheduler", "checkout"],
             "rq_checkout",
             ready=lambda: bool(server.client().exists("rq:scheduler-lock:checkout")),
+            stop_wait=5.0,
         )
     # The charge's retry waited in the scheduler: the same job ran a second time.
     assert logs.count("checkout: examples.rq_checkout.checkout('42')") == 2

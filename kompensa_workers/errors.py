@@ -199,14 +199,13 @@ class SagaCancelled(SagaError):
 class IdempotencyConflict(KompensaError):
     """The idempotency key was already used with different arguments."""
 
-    def __init__(self, key: str, saga: str) -> None:
-        self._explain(
-            f"idempotency key {key!r} was already used by saga {saga!r} with "
-            "different arguments; nothing was run",
-            key, saga,
-        )
+    def __init__(self, key: str, saga: str, detail: str = "") -> None:
+        text = (f"idempotency key {key!r} was already used by saga {saga!r} with "
+                "different arguments; nothing was run")
+        self._explain(f"{text} ({detail})" if detail else text, key, saga, detail)
         self.key = key
         self.saga = saga
+        self.detail = detail
 
 
 class NonDeterminismError(KompensaError):

@@ -77,8 +77,8 @@ def test_job_options_are_applied_when_enqueued(harness: RQStubHarness) -> None:
 def test_a_saga_job_a_worker_cannot_import_is_refused_at_enqueue(
     harness: RQStubHarness,
 ) -> None:
-    hidden = saga_task(harness.queue, store=MemoryStore())(rq_app.nowhere)
-    hidden.path = "tests.rq_app.somewhere_else"
+    hidden = saga_task(harness.queue, store=MemoryStore(),
+                       name="tests.rq_app.somewhere_else")(rq_app.nowhere)
     with pytest.raises(KompensaError, match="would not find this saga job"):
         hidden.delay()
     assert harness.queue.count == 0

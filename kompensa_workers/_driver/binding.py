@@ -59,6 +59,7 @@ from .deliver import (
     deliver,
     saga_name,
 )
+from .deliver import _fingerprint as call_fingerprint
 from .dispatch import Action, Dispatch, Raise, Return, SendAgain
 from .runner import SagaRunner
 from .sends import sends
@@ -163,6 +164,11 @@ class SagaBinding:
     def check_arguments(self, args: Any, kwargs: Any) -> None:
         """Refuse arguments the journal cannot encode, before anything is sent."""
         check_arguments(args or (), kwargs or {}, owner=f"{self.kind} {self.name!r}")
+
+    def fingerprint(self, args: Any, kwargs: Any) -> str:
+        """The journal's hash of a call's arguments: a delivery whose hash differs
+        from the execution's is an :class:`IdempotencyConflict`."""
+        return call_fingerprint(self.name, tuple(args or ()), dict(kwargs or {}))
 
     def expect(self, dispatch: Dispatch, *, after: float = 0.0) -> bool:
         """Record a saga about to be sent as ``queued``, due for recovery if no

@@ -12,13 +12,17 @@ action into RQ's terms::
                               ``job.meta`` when a step waits; a scheduler must
                               serve the queue)
 
-A job killed with its work horse comes back through the lease: :func:`recover`
-(run by :class:`SagaWorker` in every worker) re-enqueues the same job id once the
-lease has expired, and an orphaned horse still running keeps its lease alive, so
-its replacement is deferred rather than run beside it. :func:`recover_stranded`
+A job whose work horse dies comes back with the same job id: through the RQ
+``Retry`` a saga job is enqueued with (any worker run with ``--with-scheduler``
+schedules it again a lease later), and through the lease: :func:`recover` (run by
+:class:`SagaWorker` in every worker) re-enqueues a job whose lease has expired and
+that neither its queue nor RQ's scheduler holds (a whole worker killed, a job sent
+without the Retry). An orphaned horse still running keeps its lease alive, so its
+replacement is deferred rather than run beside it. :func:`recover_stranded`
 repairs what a dead worker leaves in RQ's own registries.
 
-    job.py       SagaJob, saga_task: a delivery and what it returns to RQ
+    task.py      saga_task: a saga function as a SagaJob
+    job.py       SagaJob: its enqueues, a delivery and what it returns to RQ
     recovery.py  recover: jobs whose lease expired, enqueued again
     stranded.py  jobs a dead worker stranded before their saga began
     worker.py    SagaWorker: recovery in every worker
@@ -26,9 +30,10 @@ repairs what a dead worker leaves in RQ's own registries.
 
 from __future__ import annotations
 
-from .job import TOKEN_META, SagaJob, saga_task, scheduler_running
+from .job import TOKEN_META, SagaJob, scheduler_running
 from .recovery import recover
 from .stranded import recover_stranded
+from .task import saga_task
 from .worker import SagaWorker
 
 __all__ = [

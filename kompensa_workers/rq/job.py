@@ -1,18 +1,18 @@
-"""Saga jobs: ``saga_task(queue)``, their deliveries, and :func:`recover`."""
+"""``SagaJob``: a saga as an RQ job function, its enqueues and its deliveries."""
 
 from __future__ import annotations
 
-import inspect
 import logging
-import sys
+import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 try:
     from rq import Queue, get_current_job
-    from rq.exceptions import DuplicateJobError
+    from rq.exceptions import DuplicateJobError, NoSuchJobError
     from rq.job import Job, JobStatus
     from rq.job import Retry as RQRetry
     from rq.utils import import_attribute
@@ -20,31 +20,33 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("kompensa_workers.rq needs RQ: pip install 'kompensa-workers[rq]'") from exc
 
 from .._driver import tracing
-from .._driver.binding import (
-    DEFAULT_CLAIM_TIMEOUT,
-    SagaBinding,
-    SagaOptions,
-    redis_journal,
-    saga_label,
-)
-from .._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget
+from .._driver.binding import SagaBinding
+from .._driver.deliver import delivery_budget
 from .._driver.dispatch import Dispatch, Raise, Return, SendAgain
-from ..errors import KompensaError
-from ..hooks import Hooks
-from ..retry import Retry
-from ..stores.protocol import Store
+from ..errors import IdempotencyConflict, KompensaError, StoreMisconfigured, StoreUnavailable
 
 logger = logging.getLogger("kompensa_workers.rq")
 
 TOKEN_META = "kompensa_lease_token"
 # What a job was enqueued with, kept for recovery to enqueue it the same way.
 RESEND_OPTIONS = ("timeout", "result_ttl", "ttl", "failure_ttl", "description")
-_saga_jobs: weakref.WeakSet[SagaJob] = weakref.WeakSet()  # for recover(queue)
+# For recover(queue), by identity: saga jobs of one path compare equal as str.
+_saga_jobs: weakref.WeakValueDictionary[int, SagaJob] = weakref.WeakValueDictionary()
 
 
-class SagaJob:
-    """A saga as an RQ job function: ``.delay(*args)`` / ``.enqueue(*args)`` return
-    the :class:`rq.job.Job`; the worker imports this object by ``path`` and calls it."""
+class SagaJob(str):
+    """A saga as an RQ job function: ``.delay(*args)`` / ``.enqueue(*args)`` /
+    ``.enqueue_in(delay, *args)`` / ``.enqueue_at(when, *args)`` return the
+    :class:`rq.job.Job`; the worker imports this object by ``path`` and calls it.
+
+    A saga job is also its import path (a ``str``), so RQ's own
+    ``queue.enqueue(saga_job, ...)``, ``enqueue_in`` and ``enqueue_at`` store it as
+    the function path a worker imports. Those are bare enqueues: only the saga
+    job's own methods check the arguments, record the send in the journal and give
+    the job the ``Retry`` that brings it back when its work horse is killed."""
+
+    def __new__(cls, saga: SagaBinding, queue: Queue, options: dict[str, Any]) -> SagaJob:
+        return super().__new__(cls, saga.name)
 
     def __init__(self, saga: SagaBinding, queue: Queue, options: dict[str, Any]) -> None:
         self.saga = saga
@@ -53,20 +55,26 @@ class SagaJob:
         self.__name__ = saga.name.rsplit(".", 1)[-1]
         self.__doc__ = getattr(saga.fn, "__doc__", None)
         self._importable = False
-        _saga_jobs.add(self)
+        _saga_jobs[id(self)] = self
 
     @property
     def path(self) -> str:
         """Where a worker imports this saga job from (its journaled name)."""
         return self.saga.name
 
-    @path.setter
-    def path(self, value: str) -> None:
-        self.saga.name = value
-        self._importable = False
-
     def __repr__(self) -> str:
         return f"<saga job {self.path}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A serializer that reduces objects (RQ's default, pickle) stores the path,
+        # as JSON does: the worker imports the saga job from there.
+        return (str, (self.path,))
+
+    def __copy__(self) -> SagaJob:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SagaJob:
+        return self
 
     def delay(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue ``fn(saga, *args, **kwargs)``; ``job_id=``, ``depends_on=`` and
@@ -77,22 +85,128 @@ class SagaJob:
         self, *args: Any, job_id: str | None = None, depends_on: Any = None,
         at_front: bool = False, **kwargs: Any,
     ) -> Job:
+        """As :meth:`delay`. A ``job_id`` that exists already returns that job if it
+        was enqueued with the same arguments, else raises IdempotencyConflict."""
+        return self._send(args, kwargs, job_id, depends_on, at_front)
+
+    def enqueue_in(
+        self, delay: timedelta | float, /, *args: Any, job_id: str | None = None,
+        depends_on: Any = None, at_front: bool = False, **kwargs: Any,
+    ) -> Job:
+        """As :meth:`enqueue`, run ``delay`` (a timedelta or seconds) from now: the
+        job waits in RQ's ScheduledJobRegistry, which only a worker run with
+        ``--with-scheduler`` moves to the queue."""
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"enqueue_in: delay must be a timedelta or a number of seconds, "
+                            f"got {delay!r}")
+        if not 0 <= seconds < math.inf:
+            raise ValueError(f"enqueue_in: delay must be >= 0 and finite, got {delay!r}")
+        when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        return self._send(args, kwargs, job_id, depends_on, at_front, when=when)
+
+    def enqueue_at(
+        self, when: datetime, /, *args: Any, job_id: str | None = None,
+        depends_on: Any = None, at_front: bool = False, **kwargs: Any,
+    ) -> Job:
+        """As :meth:`enqueue_in`, run at ``when`` (a naive datetime is local time,
+        as RQ reads it)."""
+        if not isinstance(when, datetime):
+            raise TypeError(f"enqueue_at: when must be a datetime, got {when!r}")
+        return self._send(args, kwargs, job_id, depends_on, at_front, when=when)
+
+    def _send(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], job_id: str | None,
+        depends_on: Any, at_front: bool, when: datetime | None = None,
+    ) -> Job:
         self.saga.check_arguments(args, kwargs)
         self._check_importable()
-        try:  # one job id is one job: enqueued again, it is the job that exists
-            job = self.queue.enqueue_call(
+        # One job id is one job: RQ refuses a second (unique=), and the job that
+        # exists is returned if it is this call, else it is a conflict. (RQ's
+        # unique= takes neither dependencies nor a rate limit: looked up first.)
+        unique = job_id is not None and not depends_on and not self.options.get("rate_limit")
+        for _ in range(3):  # the job found to exist may expire before it is read
+            if job_id is not None and not unique and Job.exists(job_id, self.queue.connection):
+                found = self._same_job(job_id, args, kwargs)
+                if found is not None:
+                    return found
+                continue
+            try:
+                job = self._create(args, kwargs, job_id, depends_on, at_front, when, unique)
+            except DuplicateJobError:
+                found = self._same_job(str(job_id), args, kwargs)
+                if found is not None:
+                    return found
+                continue
+            if when is not None and self.queue.is_async and not scheduler_running(self.queue):
+                _warn_no_scheduler(self.queue)
+            after = 0.0 if when is None else max(when.timestamp() - time.time(), 0.0)
+            self._record_sent(job, args, kwargs, depends_on=depends_on, after=after)
+            return job
+        raise KompensaError(f"saga job {self.path!r}: job id {job_id!r} kept changing "
+                            "while it was enqueued; try again")
+
+    def _create(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], job_id: str | None,
+        depends_on: Any, at_front: bool, when: datetime | None, unique: bool,
+    ) -> Job:
+        options = self.job_options()
+        if when is None:
+            return self.queue.enqueue_call(
                 self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
-                at_front=at_front, unique=job_id is not None, **self.options,
+                at_front=at_front, unique=unique, **options,
             )
-        except DuplicateJobError:
-            assert job_id is not None
-            return Job.fetch(job_id, connection=self.queue.connection,
-                             serializer=self.queue.serializer)
-        # Recorded queued, so recovery sends it again should it be lost before a
-        # worker starts it (not a job waiting for another: it may wait for long).
+        job = self.queue.create_job(
+            self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
+            status=JobStatus.SCHEDULED, **options,
+        )
+        if at_front:
+            job.enqueue_at_front = True
+        return self.queue.schedule_job(job, when, unique=unique)
+
+    def _record_sent(
+        self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], *, depends_on: Any,
+        after: float,
+    ) -> None:
+        """Record the saga queued (every enqueue path comes here), due for recovery
+        ``after + claim_timeout`` seconds from now: should the job be lost before a
+        worker starts it, recovery enqueues it again. Not a job waiting for
+        another: it may wait for long."""
         if self.queue.is_async and not depends_on:
-            self.saga.expect(self._dispatch(job, args, kwargs))
-        return job
+            self.saga.expect(self._dispatch(job, args, kwargs), after=after)
+
+    def job_options(self) -> dict[str, Any]:
+        """What RQ enqueues this saga job with: its options, and a ``Retry`` that
+        brings the same job id back when its work horse dies (killed, out of memory)
+        under any worker run with ``--with-scheduler``: at most once per delivery the
+        saga may get (``max_deliveries``), each a lease's time later, when the dead
+        horse's lease has lapsed (a delivery that finds it held is deferred). A
+        delivery that ends in a live horse does not use it, unless its journal
+        could not be used (the job may fare better on another try)."""
+        lease = self.saga.options.lock_ttl or self.saga.store.lock_ttl
+        retry = RQRetry(max=self.saga.options.max_deliveries, interval=math.ceil(lease))
+        return {**self.options, "retry": retry}
+
+    def _same_job(self, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job | None:
+        """The job ``job_id`` if it is this saga job with these arguments (compared
+        as the journal compares deliveries, after the queue's serializer); None if
+        it is gone; else IdempotencyConflict naming what differs."""
+        queue = self.queue
+        try:
+            job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+        except NoSuchJobError:
+            return None
+        sent_args, sent_kwargs = queue.serializer.loads(queue.serializer.dumps((args, kwargs)))
+        if job.func_name == self.path:
+            fingerprint = self.saga.fingerprint
+            if fingerprint(job.args, job.kwargs) == fingerprint(sent_args, sent_kwargs):
+                return job
+            differs = _differences(fingerprint, job.args, job.kwargs, sent_args, sent_kwargs)
+            detail = f"the job enqueued under it has other arguments: {differs}"
+        else:
+            detail = f"it holds a job of {job.func_name!r}"
+        raise IdempotencyConflict(job_id, job.func_name or "?",
+                                  f"RQ job id {job_id!r}: {detail}")
 
     def _check_importable(self) -> None:
         """The worker imports the job function by path: it must find this object."""
@@ -123,15 +237,21 @@ class SagaJob:
         if not self.queue.is_async:  # Queue(is_async=False): no worker, no scheduler
             return self.saga.run_to_end(args, kwargs, key=self.key_of(job))
         timeout = job.timeout or self.queue.DEFAULT_TIMEOUT
-        action = self.saga.deliver(
-            args, kwargs, key=self.key_of(job), dispatch=self._dispatch(job, args, kwargs),
-            lease_token=job.meta.get(TOKEN_META), trace=job.meta.get(tracing.KEY),
-            time_limit=delivery_budget(timeout) if timeout > 0 else None,
-        )
+        try:
+            action = self.saga.deliver(
+                args, kwargs, key=self.key_of(job), dispatch=self._dispatch(job, args, kwargs),
+                lease_token=job.meta.get(TOKEN_META), trace=job.meta.get(tracing.KEY),
+                time_limit=delivery_budget(timeout) if timeout > 0 else None,
+            )
+        except (StoreUnavailable, StoreMisconfigured):
+            raise  # the journal's trouble, not the saga's: RQ's Retry may try again
+        except Exception:
+            job.retries_left = 0  # the Retry of job_options() is for a horse that died
+            raise
         if isinstance(action, Return):
             return action.result
         if isinstance(action, Raise):
-            job.retries_left = 0  # an enqueue-time Retry must not run it again
+            job.retries_left = 0  # the saga ended: the Retry must not run it again
             raise action.error
         assert isinstance(action, SendAgain)
         return self._later(job, action)
@@ -193,8 +313,9 @@ def _warn_no_scheduler(queue: Queue) -> None:
     if time.monotonic() - last >= 60:
         _warned[queue.name] = time.monotonic()
         logger.error(
-            "no RQ scheduler serves queue %r: saga retries wait in its scheduled registry "
-            "and will not run until a worker runs with --with-scheduler", queue.name,
+            "no RQ scheduler serves queue %r: scheduled saga jobs and saga retries wait in "
+            "its scheduled registry and will not run until a worker runs with "
+            "--with-scheduler", queue.name,
         )
 
 
@@ -204,89 +325,32 @@ def scheduler_running(queue: Queue) -> bool:
     return queue.scheduler_pid is not None
 
 
-def saga_task(
-    queue: Queue,
-    *,
-    key: Callable[..., str] | None = None,
-    store: Store | None = None,
-    retry: Retry | None = None,
-    lock_ttl: float | None = None,
-    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
-    name: str | None = None,
-    hooks: Hooks | None = None,
-    claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
-    **job_options: Any,
-) -> Callable[[SagaFunction], SagaJob]:
-    """Decorate ``fn(saga, *args, **kwargs)`` into a saga job on ``queue``, like
-    ``@rq.job``: ``.delay(*args)`` returns the Job.
-
-    The idempotency key is the job id, unless ``key(*args, **kwargs)`` derives a
-    business key. ``store`` defaults to a RedisStore on the queue's Redis
-    connection. ``retry`` is the policy of steps that name none. ``name`` is the
-    import path the worker finds the job at (default: where it is decorated). A
-    saga job is recorded ``queued`` when enqueued; one no worker has started
-    ``claim_timeout`` seconds later is enqueued again by recovery (None: no record).
-    Other options go to ``queue.enqueue_call`` (``timeout``, ``result_ttl``, ...).
-    """
-    if not isinstance(queue, Queue):
-        hint = " (write @saga_task(queue), not @saga_task)" if callable(queue) else ""
-        raise TypeError(f"saga_task: queue must be an rq.Queue, got {queue!r}{hint}")
-    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout)
-    job_options = _job_options(job_options)
-    journal = store or default_store(queue)
-
-    def decorator(fn: SagaFunction) -> SagaJob:
-        saga_label(fn)
-        path = name or f"{_module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
-        binding = SagaBinding(fn, options, name=path, broker="rq", kind="job",
-                              default_store=lambda: journal)
-        return SagaJob(binding, queue, dict(job_options))
-
-    return decorator
-
-
-# enqueue_call's options a saga job may be declared with (per call: job_id,
-# depends_on, at_front; retries and repeats are the journal's business).
-JOB_OPTIONS = frozenset(inspect.signature(Queue.enqueue_call).parameters) - {
-    "self", "func", "args", "kwargs", "job_id", "depends_on", "at_front", "pipeline",
-    "retry", "repeat", "unique",
-}
-
-
-def _job_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    chosen = dict(options)
-    if "job_timeout" in chosen:  # @job and enqueue() spell it so
-        chosen["timeout"] = chosen.pop("job_timeout")
-    unknown = sorted(set(chosen) - JOB_OPTIONS)
-    if unknown:
-        per_call = {"job_id", "depends_on", "at_front"} & set(unknown)
-        hint = f" ({', '.join(sorted(per_call))}: pass to .enqueue())" if per_call else ""
-        raise TypeError(
-            f"saga_task: {', '.join(unknown)} cannot be a saga job option{hint}; "
-            f"options: {', '.join(sorted(JOB_OPTIONS))}"
-        )
-    return chosen
-
-
-def _module_of(fn: SagaFunction) -> str:
-    """Where a worker imports ``fn``'s module from (``python -m pkg.mod`` runs it as
-    ``__main__``; workers know it as ``pkg.mod``)."""
-    module = str(getattr(fn, "__module__", None) or "?")
-    if module == "__main__":
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if spec is not None and spec.name:
-            return str(spec.name)
-    return module
-
-
-def default_store(queue: Queue) -> Store:
-    """A RedisStore on the queue's Redis connection."""
-    return redis_journal(client=queue.connection)
-
-
 def declared() -> list[SagaJob]:
     """The saga jobs declared in this process."""
-    return list(_saga_jobs)
+    return list(_saga_jobs.values())
+
+
+def _differences(
+    fingerprint: Callable[[Any, Any], str], args: Any, kwargs: Any, other_args: Any,
+    other_kwargs: Any,
+) -> str:
+    """Which positional and keyword arguments differ between two calls (named, not
+    shown: they may be secrets)."""
+    args, other_args = list(args or ()), list(other_args or ())
+    kwargs, other_kwargs = dict(kwargs or {}), dict(other_kwargs or {})
+    found = []
+    if len(args) != len(other_args):
+        found.append(f"{len(args)} positional argument(s) then, {len(other_args)} now")
+    found += [f"argument {i + 1}" for i, (a, b) in enumerate(zip(args, other_args, strict=False))
+              if fingerprint([a], {}) != fingerprint([b], {})]
+    for name in sorted(set(kwargs) | set(other_kwargs)):
+        if name not in other_kwargs:
+            found.append(f"keyword {name!r} only then")
+        elif name not in kwargs:
+            found.append(f"keyword {name!r} only now")
+        elif fingerprint([kwargs[name]], {}) != fingerprint([other_kwargs[name]], {}):
+            found.append(f"keyword {name!r}")
+    return ", ".join(found) or "their encoding"
 
 
 def find(path: str) -> SagaJob | None:

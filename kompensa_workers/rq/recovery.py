@@ -65,7 +65,8 @@ def _requeue(queue: Queue, journal: Store, key: str, dispatch: Dispatch) -> bool
         job = Job.fetch(dispatch.id, connection=connection, serializer=queue.serializer)
     except NoSuchJobError:  # its record expired: made again as the saga job makes it
         found = find(dispatch.name)
-        options = found.options if found is not None else dict(dispatch.options.get("job") or {})
+        options = (found.job_options() if found is not None
+                   else dict(dispatch.options.get("job") or {}))
         queue.enqueue_call(
             dispatch.name, args=dispatch.args, kwargs=dict(dispatch.kwargs),
             job_id=dispatch.id, meta=dict(dispatch.options.get("meta") or {}) or None,

@@ -64,6 +64,8 @@ def enqueue_unclaimed(queue: Queue, job: Job, saga_job: SagaJob, why: str) -> bo
         return False
     job.meta[UNCLAIMED_META] = count
     job.save_meta()  # type: ignore[no-untyped-call]
+    if job.retries_left:  # one budget with the Retry RQ would use (SagaJob.job_options)
+        job.retries_left -= 1
     with queue.connection.pipeline() as pipe:
         forget_executions(queue, job, pipe)
         pipe.lrem(queue.intermediate_queue_key, 0, job.id)  # else RQ would fail it later
