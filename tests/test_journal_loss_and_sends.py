@@ -12,16 +12,21 @@ import time
 from typing import Any
 
 import dramatiq
+import fakeredis
 import pytest
 from celery import Celery, group
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import CollectorRegistry
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from kompensa_workers import (
     AsyncSaga,
     Hooks,
     JournalLost,
     MemoryStore,
+    RedisStore,
     Retry,
     RetryLater,
     Saga,
@@ -35,7 +40,10 @@ from kompensa_workers import (
 )
 from kompensa_workers import celery as kw_celery
 from kompensa_workers import dramatiq as kw_dramatiq
+from kompensa_workers import rq as kw_rq
 from kompensa_workers.ops.metrics import MetricsHooks
+from kompensa_workers.stores.redis.keys import journal_key
+from tests import rq_app
 
 # -- JournalLost ------------------------------------------------------------------
 
@@ -306,3 +314,28 @@ def test_a_refusing_journal_is_said_at_worker_boot_and_its_messages_wait(
     assert sorted(enqueued, key=str) == sorted(
         [(m, None) for m in sent] + [(m, 10_000) for m in sent], key=str)
     assert len(said()) == 1 and len(refusals()) == 3
+
+
+def test_an_rq_job_recorded_at_enqueue_whose_journal_is_lost_is_not_run() -> None:
+    connection = fakeredis.FakeRedis()
+    queue = Queue("lost-journal", connection=connection, serializer=JSONSerializer)
+    store = RedisStore(connection, namespace="kw-lost-journal")
+    job_fn = kw_rq.saga_task(queue, store=store, name="tests.rq_app.lost_journal")(
+        rq_app.charge_only)
+    rq_app.lost_journal = job_fn  # where a worker imports it from
+    try:
+        # Given a job recorded queued as it was enqueued (its meta says so),
+        job = job_fn.delay("7")
+        assert store.get(job.id).status == "queued"  # type: ignore[union-attr]
+        assert job.meta["kompensa_recorded"] is True
+        # when the journal loses it before a worker takes the job,
+        connection.delete(journal_key("kw-lost-journal", job.id))
+        SimpleWorker([queue], connection=connection, serializer=JSONSerializer).work(
+            burst=True)
+        # then the delivery fails with JournalLost and creates nothing.
+        failed = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
+        assert failed.get_status() == JobStatus.FAILED
+        assert "JournalLost" in failed.latest_result().exc_string  # type: ignore[union-attr]
+        assert store.get(job.id) is None
+    finally:
+        del rq_app.lost_journal

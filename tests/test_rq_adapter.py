@@ -300,7 +300,8 @@ def test_recover_remakes_a_job_whose_record_is_gone(harness: RQStubHarness) -> N
     job = Job.fetch("gone-1", connection=harness.redis, serializer=JSONSerializer)
     assert job.func_name == saga.path and job.args == ["o-6"]
     assert job.timeout == 30 and job.success_callback is rq_app.tell
-    assert job.meta == {"tenant": "acme"}
+    # its meta kept, and saying the journal holds it (a loss is not a fresh start)
+    assert job.meta == {"tenant": "acme", "kompensa_recorded": True}
 
 
 def test_a_job_id_enqueued_again_is_the_job_that_exists(harness: RQStubHarness) -> None:

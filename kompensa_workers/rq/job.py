@@ -28,6 +28,7 @@ from ..errors import IdempotencyConflict, KompensaError, StoreMisconfigured, Sto
 logger = logging.getLogger("kompensa_workers.rq")
 
 TOKEN_META = "kompensa_lease_token"
+RECORDED_META = "kompensa_recorded"  # the journal holds this execution: never a fresh start
 # What a job was enqueued with, kept for recovery to enqueue it the same way.
 RESEND_OPTIONS = ("timeout", "result_ttl", "ttl", "failure_ttl", "description")
 # For recover(queue), by identity: saga jobs of one path compare equal as str.
@@ -140,8 +141,6 @@ class SagaJob(str):
                 continue
             if when is not None and self.queue.is_async and not scheduler_running(self.queue):
                 _warn_no_scheduler(self.queue)
-            after = 0.0 if when is None else max(when.timestamp() - time.time(), 0.0)
-            self._record_sent(job, args, kwargs, depends_on=depends_on, after=after)
             return job
         raise KompensaError(f"saga job {self.path!r}: job id {job_id!r} kept changing "
                             "while it was enqueued; try again")
@@ -150,16 +149,19 @@ class SagaJob(str):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], job_id: str | None,
         depends_on: Any, at_front: bool, when: datetime | None, unique: bool,
     ) -> Job:
-        options = self.job_options()
-        if when is None:
-            return self.queue.enqueue_call(
-                self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
-                at_front=at_front, unique=unique, **options,
-            )
+        """Make the job, record it ``queued`` (its meta then says so), then enqueue
+        or schedule it: a delivery of a recorded job that finds no record is
+        refused (JournalLost), never started afresh."""
         job = self.queue.create_job(
             self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
-            status=JobStatus.SCHEDULED, **options,
+            status=JobStatus.QUEUED if when is None else JobStatus.SCHEDULED,
+            **self.job_options(),
         )
+        after = 0.0 if when is None else max(when.timestamp() - time.time(), 0.0)
+        if self._record_sent(job, args, kwargs, depends_on=depends_on, after=after):
+            job.meta[RECORDED_META] = True
+        if when is None:
+            return self.queue.enqueue_job(job, at_front=at_front, unique=unique)
         if at_front:
             job.enqueue_at_front = True
         return self.queue.schedule_job(job, when, unique=unique)
@@ -167,13 +169,14 @@ class SagaJob(str):
     def _record_sent(
         self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], *, depends_on: Any,
         after: float,
-    ) -> None:
+    ) -> bool:
         """Record the saga queued (every enqueue path comes here), due for recovery
         ``after + claim_timeout`` seconds from now: should the job be lost before a
         worker starts it, recovery enqueues it again. Not a job waiting for
-        another: it may wait for long."""
+        another: it may wait for long. True if the journal took it."""
         if self.queue.is_async and not depends_on:
-            self.saga.expect(self._dispatch(job, args, kwargs), after=after)
+            return self.saga.expect(self._dispatch(job, args, kwargs), after=after)
+        return False
 
     def job_options(self) -> dict[str, Any]:
         """What RQ enqueues this saga job with: its options, and a ``Retry`` that
@@ -242,6 +245,7 @@ class SagaJob(str):
                 args, kwargs, key=self.key_of(job), dispatch=self._dispatch(job, args, kwargs),
                 lease_token=job.meta.get(TOKEN_META), trace=job.meta.get(tracing.KEY),
                 time_limit=delivery_budget(timeout) if timeout > 0 else None,
+                recorded=bool(job.meta.get(RECORDED_META)),
             )
         except (StoreUnavailable, StoreMisconfigured):
             raise  # the journal's trouble, not the saga's: RQ's Retry may try again
@@ -268,6 +272,8 @@ class SagaJob(str):
             job.get_meta(refresh=True)
         if action.trace:
             job.meta[tracing.KEY] = action.trace
+        if action.journaled:
+            job.meta[RECORDED_META] = True
         wait = 0.0 if action.delay <= 0 else action.delay + 1.0
         if wait and not scheduler_running(self.queue):
             _warn_no_scheduler(self.queue)
@@ -277,7 +283,7 @@ class SagaJob(str):
         """How recovery enqueues this job again, should its record be gone."""
         options = {name: getattr(job, name, None) for name in RESEND_OPTIONS}
         return Dispatch("rq", self.path, job.id, tuple(args), dict(kwargs), {
-            "queue": job.origin,
+            "queue": job.origin or self.queue.name,
             "job": {k: v for k, v in options.items() if v is not None},
             "meta": {k: v for k, v in job.meta.items() if k != TOKEN_META},
         })

@@ -15,7 +15,7 @@ from .._driver.binding import redis_journal
 from .._driver.dispatch import Dispatch
 from .._driver.recovery import journals, recover_due
 from ..stores.protocol import Store
-from .job import declared, find
+from .job import RECORDED_META, declared, find
 
 
 def recover(
@@ -69,7 +69,8 @@ def _requeue(queue: Queue, journal: Store, key: str, dispatch: Dispatch) -> bool
                    else dict(dispatch.options.get("job") or {}))
         queue.enqueue_call(
             dispatch.name, args=dispatch.args, kwargs=dict(dispatch.kwargs),
-            job_id=dispatch.id, meta=dict(dispatch.options.get("meta") or {}) or None,
+            job_id=dispatch.id,
+            meta={**dict(dispatch.options.get("meta") or {}), RECORDED_META: True},
             **options,
         )
         return True
@@ -86,6 +87,8 @@ def _requeue(queue: Queue, journal: Store, key: str, dispatch: Dispatch) -> bool
             pipe.execute()
     if status in (JobStatus.CANCELED, JobStatus.STOPPED):
         journal.cancel(key)  # the user's decision: roll the saga back
+    job.meta[RECORDED_META] = True  # recovered from the journal: it holds the saga
+    job.save_meta()  # type: ignore[no-untyped-call]
     if status == JobStatus.FAILED and job.id in queue.failed_job_registry:
         FailedJobRegistry(queue=queue).requeue(job)  # its horse was killed: RQ failed it
     else:
