@@ -9,9 +9,10 @@ from typing import Any
 from rq import Queue, Worker
 from rq.job import Job
 
+from .._driver.binding import check_journals
 from .._driver.recovery import recovery_thread
 from ..stores.protocol import Store
-from .job import scheduler_running
+from .job import declared, scheduler_running
 from .recovery import recover
 from .stranded import enqueue_unclaimed, never_claimed, recover_stranded
 
@@ -35,6 +36,9 @@ class SagaWorker(Worker):
                 "this worker runs without --with-scheduler and no scheduler serves %s: "
                 "saga retries will wait until one does", ", ".join(self.queue_names()),
             )
+        # A journal that refuses this worker (password, TLS, eviction) is said now.
+        names = set(self.queue_names())
+        check_journals(j.saga for j in declared() if j.queue.name in names)
         stop = recovery_thread(self._recover, self.recovery_interval)
         try:
             return bool(super().work(*args, **kwargs))
