@@ -93,3 +93,30 @@ def test_dramatiq_send_does_not_wait_for_a_dead_journal(
         for key in broker.client.scan_iter(f"{namespace}:*"):
             broker.client.delete(key)
         dramatiq.set_broker(dramatiq.get_broker())
+
+
+rq_job: object = None  # where a worker would import the saga job from
+
+
+def test_rq_delay_does_not_wait_for_a_dead_journal(
+    journal_down: tuple[RedisServer, RedisStore],
+) -> None:
+    global rq_job
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from kompensa_workers import rq as kw_rq
+
+    _, store = journal_down
+    connection = redis.Redis.from_url(SHARED)
+    queue = Queue(f"kw-producers-{uuid.uuid4().hex[:8]}", connection=connection,
+                  serializer=JSONSerializer)
+    rq_job = kw_rq.saga_task(queue, store=store, name=f"{__name__}.rq_job")(nothing)
+    try:
+        took = timed_sends(rq_job.delay, 3)  # type: ignore[attr-defined]
+        assert max(took) < 2.5, took
+        assert queue.count == 3
+    finally:
+        queue.empty()
+        queue.delete(delete_jobs=True)
+        rq_job = None

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -339,3 +340,24 @@ def test_an_rq_job_recorded_at_enqueue_whose_journal_is_lost_is_not_run() -> Non
         assert store.get(job.id) is None
     finally:
         del rq_app.lost_journal
+
+
+def test_rq_sends_through_the_queues_own_methods_are_recorded() -> None:
+    connection = fakeredis.FakeRedis()
+    queue = Queue("bare-sends", connection=connection, serializer=JSONSerializer)
+    store = RedisStore(connection, namespace="kw-bare-sends")
+    job_fn = kw_rq.saga_task(queue, store=store, name="tests.rq_app.bare_sends",
+                             max_deliveries=4, lock_ttl=2)(rq_app.charge_only)
+    rq_app.bare_sends = job_fn
+    try:
+        bare = queue.enqueue(job_fn, "1")
+        later = queue.enqueue_in(timedelta(seconds=30), job_fn, "2")
+        for job in (bare, later):
+            stored = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
+            assert store.get(job.id).status == "queued"  # type: ignore[union-attr]
+            assert stored.meta["kompensa_recorded"] is True
+            # and RQ's own retry brings a killed horse's job back, a lease apart
+            assert (stored.retries_left, stored.retry_intervals) == (4, [2])
+        assert store.get(later.id).dispatch["args"] == ["2"]  # type: ignore[union-attr]
+    finally:
+        del rq_app.bare_sends

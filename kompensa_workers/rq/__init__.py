@@ -30,8 +30,9 @@ repairs what a dead worker leaves in RQ's own registries.
 
 from __future__ import annotations
 
-from .job import TOKEN_META, SagaJob, scheduler_running
+from .job import SagaJob, scheduler_running
 from .recovery import recover
+from .sending import TOKEN_META
 from .stranded import recover_stranded
 from .task import saga_task
 from .worker import SagaWorker

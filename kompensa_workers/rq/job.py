@@ -24,11 +24,10 @@ from .._driver.binding import SagaBinding
 from .._driver.deliver import delivery_budget
 from .._driver.dispatch import Dispatch, Raise, Return, SendAgain
 from ..errors import IdempotencyConflict, KompensaError, StoreMisconfigured, StoreUnavailable
+from .sending import RECORDED_META, TOKEN_META, hook_queue
 
 logger = logging.getLogger("kompensa_workers.rq")
 
-TOKEN_META = "kompensa_lease_token"
-RECORDED_META = "kompensa_recorded"  # the journal holds this execution: never a fresh start
 # What a job was enqueued with, kept for recovery to enqueue it the same way.
 RESEND_OPTIONS = ("timeout", "result_ttl", "ttl", "failure_ttl", "description")
 # For recover(queue), by identity: saga jobs of one path compare equal as str.
@@ -56,6 +55,7 @@ class SagaJob(str):
         self.__name__ = saga.name.rsplit(".", 1)[-1]
         self.__doc__ = getattr(saga.fn, "__doc__", None)
         self._importable = False
+        hook_queue(queue, lambda path: declared_at(path, queue))
         _saga_jobs[id(self)] = self
 
     @property
@@ -149,34 +149,22 @@ class SagaJob(str):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], job_id: str | None,
         depends_on: Any, at_front: bool, when: datetime | None, unique: bool,
     ) -> Job:
-        """Make the job, record it ``queued`` (its meta then says so), then enqueue
-        or schedule it: a delivery of a recorded job that finds no record is
-        refused (JournalLost), never started afresh."""
+        """Enqueue or schedule the job; the queue's hook records it ``queued`` first
+        (``sending.py``)."""
         job = self.queue.create_job(
             self.path, args=args, kwargs=kwargs, job_id=job_id, depends_on=depends_on,
             status=JobStatus.QUEUED if when is None else JobStatus.SCHEDULED,
             **self.job_options(),
         )
-        after = 0.0 if when is None else max(when.timestamp() - time.time(), 0.0)
-        if self._record_sent(job, args, kwargs, depends_on=depends_on, after=after):
-            job.meta[RECORDED_META] = True
         if when is None:
             return self.queue.enqueue_job(job, at_front=at_front, unique=unique)
         if at_front:
             job.enqueue_at_front = True
         return self.queue.schedule_job(job, when, unique=unique)
 
-    def _record_sent(
-        self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any], *, depends_on: Any,
-        after: float,
-    ) -> bool:
-        """Record the saga queued (every enqueue path comes here), due for recovery
-        ``after + claim_timeout`` seconds from now: should the job be lost before a
-        worker starts it, recovery enqueues it again. Not a job waiting for
-        another: it may wait for long. True if the journal took it."""
-        if self.queue.is_async and not depends_on:
-            return self.saga.expect(self._dispatch(job, args, kwargs), after=after)
-        return False
+    def dispatch_of(self, job: Job) -> Dispatch:
+        """How recovery enqueues ``job`` again."""
+        return self._dispatch(job, tuple(job.args or ()), job.kwargs or {})
 
     def job_options(self) -> dict[str, Any]:
         """What RQ enqueues this saga job with: its options, and a ``Retry`` that
@@ -334,6 +322,12 @@ def scheduler_running(queue: Queue) -> bool:
 def declared() -> list[SagaJob]:
     """The saga jobs declared in this process."""
     return list(_saga_jobs.values())
+
+
+def declared_at(path: str, queue: Queue) -> SagaJob | None:
+    """The saga job declared last at ``path`` on ``queue``, if any."""
+    found = [j for j in declared() if j.queue is queue and j.path == path]
+    return found[-1] if found else None
 
 
 def _differences(

@@ -15,7 +15,8 @@ from .._driver.binding import redis_journal
 from .._driver.dispatch import Dispatch
 from .._driver.recovery import journals, recover_due
 from ..stores.protocol import Store
-from .job import RECORDED_META, declared, find
+from .job import declared, find
+from .sending import RECORDED_META
 
 
 def recover(

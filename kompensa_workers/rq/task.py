@@ -11,6 +11,7 @@ from rq import Queue
 
 from .._driver.binding import (
     DEFAULT_CLAIM_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT,
     SagaBinding,
     SagaOptions,
     redis_journal,
@@ -34,6 +35,7 @@ def saga_task(
     name: str | None = None,
     hooks: Hooks | None = None,
     claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     **job_options: Any,
 ) -> Callable[[SagaFunction], SagaJob]:
     """Decorate ``fn(saga, *args, **kwargs)`` into a saga job on ``queue``, like
@@ -44,13 +46,15 @@ def saga_task(
     connection. ``retry`` is the policy of steps that name none. ``name`` is the
     import path the worker finds the job at (default: where it is decorated). A
     saga job is recorded ``queued`` when enqueued; one no worker has started
-    ``claim_timeout`` seconds later is enqueued again by recovery (None: no record).
+    ``claim_timeout`` seconds later is enqueued again by recovery (None: no record);
+    the sender waits at most ``send_timeout`` seconds for that record.
     Other options go to ``queue.enqueue_call`` (``timeout``, ``result_ttl``, ...).
     """
     if not isinstance(queue, Queue):
         hint = " (write @saga_task(queue), not @saga_task)" if callable(queue) else ""
         raise TypeError(f"saga_task: queue must be an rq.Queue, got {queue!r}{hint}")
-    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout)
+    options = SagaOptions(key, store, retry, lock_ttl, max_deliveries, hooks, claim_timeout,
+                          send_timeout)
     job_options = _job_options(job_options)
     journal = store or default_store(queue)
 
