@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +61,13 @@ from .deliver import (
 )
 from .deliver import _fingerprint as call_fingerprint
 from .dispatch import Action, Dispatch, Raise, Return, SendAgain
+from .refusals import PROBE_KEY, REFUSED_RETRY, refused
 from .runner import SagaRunner
 from .sends import sends
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
-    "check_journals",
     "SagaBinding",
     "SagaOptions",
     "coroutines_run_by",
@@ -82,7 +82,6 @@ DEFAULT_CLAIM_TIMEOUT = 600.0
 LEASE_LOST_RETRY = 1.0  # perhaps a newer delivery holds it; perhaps it just lapsed
 STORE_DOWN_RETRY = 5.0  # at most; min(lock_ttl, this)
 DEFAULT_SEND_TIMEOUT = 0.5  # how long a producer waits for its send to be recorded
-REFUSED_RETRY = 10.0  # a journal refusing this worker: the message waits for another
 
 
 @dataclass(frozen=True)
@@ -306,45 +305,6 @@ class SagaBinding:
         failed step, cause and compensation errors); None if it has not failed."""
         execution = self.store.get(key)
         return execution.exception() if execution is not None else None
-
-
-PROBE_KEY = "kompensa:worker-start-probe"  # read, never written
-_refusals: dict[int, str] = {}  # id(store) -> the refusal last said of it
-_refusals_mutex = threading.Lock()
-
-
-def refused(store: Store, logger: logging.Logger, exc: StoreMisconfigured) -> None:
-    """Say at ERROR that ``store`` refuses this worker, once per store and cause (a
-    redelivery of the same refusal is logged at DEBUG only)."""
-    text = str(exc)
-    with _refusals_mutex:
-        first, _refusals[id(store)] = _refusals.get(id(store)) != text, text
-    if first:
-        logger.error("%s. Saga messages are not run here and not lost: each is sent "
-                     "again in %gs for a worker whose journal takes it.", text, REFUSED_RETRY)
-    else:
-        logger.debug("%s", text)
-
-
-def check_journals(bindings: Iterable[SagaBinding], *, wait: float = 0.0) -> None:
-    """At worker start: :meth:`SagaBinding.check_journal` once per distinct store,
-    in the background, waiting for it at most ``wait`` seconds (a refusal answers
-    at once; an unreachable journal must not hold the boot up). Waiting before a
-    worker forks its pool lets the children know the refusal was said."""
-    chosen: dict[int, SagaBinding] = {}
-    for binding in bindings:
-        try:
-            chosen.setdefault(id(binding.store), binding)
-        except Exception as exc:  # no journal to be had: said when a delivery needs it
-            binding.logger.error("%s: no journal: %s", binding.name, exc)
-
-    def check() -> None:
-        for binding in chosen.values():
-            binding.check_journal()
-
-    thread = threading.Thread(target=check, name="kompensa-journal-check", daemon=True)
-    thread.start()
-    thread.join(wait)
 
 
 def saga_label(fn: SagaFunction) -> str:

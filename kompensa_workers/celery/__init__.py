@@ -53,13 +53,13 @@ from .._driver.binding import (
     DEFAULT_SEND_TIMEOUT,
     SagaBinding,
     SagaOptions,
-    check_journals,
     redis_journal,
     saga_label,
 )
 from .._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction, delivery_budget, saga_name
 from .._driver.dispatch import Dispatch, Raise, Return, SendAgain
 from .._driver.recovery import check_recovery, journals, recover_due, recovery_thread
+from .._driver.refusals import check_journals
 from ..errors import KompensaError
 from ..flow import Flow
 from ..hooks import Hooks

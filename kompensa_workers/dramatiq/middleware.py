@@ -11,9 +11,9 @@ from typing import Any
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.middleware import TimeLimit
 
-from .._driver.binding import check_journals
 from .._driver.deliver import delivery_budget
 from .._driver.recovery import recovery_thread
+from .._driver.refusals import check_journals
 from ..stores.protocol import Store
 from .actor import SagaActor, _Delivery, _state, record_send
 from .recovery import recover

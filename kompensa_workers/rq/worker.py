@@ -9,8 +9,8 @@ from typing import Any
 from rq import Queue, Worker
 from rq.job import Job
 
-from .._driver.binding import check_journals
 from .._driver.recovery import recovery_thread
+from .._driver.refusals import check_journals
 from ..stores.protocol import Store
 from .job import declared, scheduler_running
 from .recovery import recover
