@@ -64,6 +64,7 @@ class DramatiqHarness:
         self.redis = redis.Redis.from_url(redis_url)
         self.sent: dict[str, Message[Any]] = {}
         self.workers: list[DramatiqWorker] = []
+        self.senders: dict[tuple[str, float], Any] = {}
 
     def start_worker(
         self, *, concurrency: int = 4, recovery: float | None = None
@@ -91,8 +92,11 @@ class DramatiqHarness:
 
     def send_recorded(self, saga: str, *args: Any, claim_timeout: float) -> str:
         """Send as the app does, through the saga actor: recorded ``queued``."""
-        actor = saga_task(broker=self.broker, store=self.store, actor_name=saga,
-                          queue_name=self.queue, claim_timeout=claim_timeout)(elsewhere)
+        actor = self.senders.get((saga, claim_timeout))
+        if actor is None:  # one actor per name on a broker: declared once
+            actor = self.senders[saga, claim_timeout] = saga_task(
+                broker=self.broker, store=self.store, actor_name=saga,
+                queue_name=self.queue, claim_timeout=claim_timeout)(elsewhere)
         message = actor.send(*args)
         self.sent[message.message_id] = message
         return str(message.message_id)

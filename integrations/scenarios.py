@@ -267,7 +267,7 @@ def journal_lost_before_a_recorded_send_is_delivered_is_not_a_fresh_start(
 ) -> None:
     # Given a saga sent while no worker runs (recorded queued, and its message says so),
     o = order()
-    saga_id = harness.send_recorded("kw.checkout", o, claim_timeout=60.0)
+    saga_id = harness.send_recorded("kw.checkout", o, claim_timeout=1.0)
     assert journal(harness, saga_id).status == "queued"
     # when the record is lost before any delivery,
     lose_journal(harness, saga_id)

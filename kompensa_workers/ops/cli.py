@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 import signal
 import sys
@@ -203,14 +204,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON f
               show_default=True, help="the journal's Redis (env KOMPENSA_REDIS_URL)")
 @click.option("--namespace", envvar="KOMPENSA_NAMESPACE", default="kompensa",
               show_default=True, help="the journal's key namespace (env KOMPENSA_NAMESPACE)")
+@click.option("-v", "--verbose", is_flag=True,
+              help="also print the library's warnings (the Redis server checks: "
+                   "eviction policy, persistence); workers log them anyway")
 @click.pass_context
-def main(ctx: click.Context, redis_url: str, namespace: str) -> None:
+def main(ctx: click.Context, redis_url: str, namespace: str, verbose: bool) -> None:
     """Sagas that survive what real queues do: look at executions, cancel them,
     recover what dead workers held, purge what has ended.
 
     Exit codes: 0 done, 1 unexpected error, 2 bad usage, 3 no such execution,
     4 the execution's state does not allow it, 5 Redis cannot be reached.
     """
+    if not verbose:  # stderr is this command's own: one line a program can read
+        logging.getLogger("kompensa_workers").setLevel(logging.ERROR)
     ctx.obj = Journal(redis_url, namespace)
 
 
