@@ -216,7 +216,10 @@ def main(ctx: click.Context, redis_url: str, namespace: str, verbose: bool) -> N
     4 the execution's state does not allow it, 5 Redis cannot be reached.
     """
     if not verbose:  # stderr is this command's own: one line a program can read
-        logging.getLogger("kompensa_workers").setLevel(logging.ERROR)
+        library = logging.getLogger("kompensa_workers")
+        previous = library.level
+        library.setLevel(logging.ERROR)
+        ctx.call_on_close(lambda: library.setLevel(previous))
     ctx.obj = Journal(redis_url, namespace)
 
 
