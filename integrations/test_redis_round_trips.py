@@ -1,4 +1,5 @@
-"""A happy-path N-step saga costs N + 2 Redis round trips: counted on a private
+"""A happy-path N-step saga costs N + 1 Redis round trips (the claim carries the
+first step's intent, each step's write the next one's, the last the end): counted on a private
 redis-server with MONITOR, which shows every command a client sends (commands a
 Lua script runs inside the server are marked as such and not counted)."""
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kompensa_workers import RedisStore, Saga, SagaRunner
+from kompensa_workers import RedisStore, Saga, SagaRunner, Step
 
 from .servers import redis_servers
 
@@ -43,7 +44,7 @@ def client_commands(server: Any, action: Any) -> list[str]:
 
 
 @pytest.mark.parametrize("steps", [1, 3, 10])
-def test_n_step_saga_costs_n_plus_two_round_trips(steps: int) -> None:
+def test_n_step_saga_costs_n_plus_one_round_trips(steps: int) -> None:
     with redis_servers(1) as [server]:
         store = RedisStore(server.client(), namespace="rt")
         runner = SagaRunner(store)
@@ -57,9 +58,27 @@ def test_n_step_saga_costs_n_plus_two_round_trips(steps: int) -> None:
         commands = client_commands(
             server, lambda: runner.run(saga, steps, idempotency_key="counted")
         )
-        assert commands == ["EVALSHA"] * (steps + 2)
+        assert commands == ["EVALSHA"] * (steps + 1)
         # A duplicate delivery answered from the journal costs one round trip.
         cached = client_commands(
             server, lambda: runner.run(saga, steps, idempotency_key="counted")
         )
         assert cached == ["EVALSHA"]
+
+
+def test_a_parallel_group_costs_one_round_trip_per_child_and_none_for_itself() -> None:
+    with redis_servers(1) as [server]:
+        store = RedisStore(server.client(), namespace="rt")
+        runner = SagaRunner(store)
+
+        def saga(s: Saga) -> list[int]:
+            first = s.step("reserve", lambda: 1)
+            group = s.parallel("notify", [Step(f"child-{i}", lambda i=i: i) for i in range(3)])
+            last = s.step("ship", lambda: 2)
+            return [first, *group, last]
+
+        runner.run(saga, idempotency_key="warm-up")
+        commands = client_commands(server, lambda: runner.run(saga, idempotency_key="counted"))
+        # claim + reserve's write (with the children's intent) + 3 children (the
+        # last one's rides on ship's intent) + ship's write with the end
+        assert commands == ["EVALSHA"] * (1 + 1 + 3 + 1)

@@ -28,6 +28,7 @@ from kompensa_workers import (
     deliver,
 )
 from kompensa_workers._core.failures import ErrorInfo
+from kompensa_workers._core.records import StepRecord
 from kompensa_workers.stores.protocol import JournalWrite, Lease
 from kompensa_workers.testing import FakeClock
 
@@ -46,7 +47,9 @@ class FlakyStore:
         return getattr(self.store, name)
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
-        if not self.failed and f"step:{self.fail_on_step}" in write.steps:
+        # The write that records the step's success (its intent went earlier).
+        record = write.steps.get(f"step:{self.fail_on_step}")
+        if not self.failed and record and StepRecord.from_bytes(record).status == "succeeded":
             self.failed = True
             if self.lands:  # the write landed, the reply was lost
                 self.store.commit(key, lease, write)
@@ -63,6 +66,7 @@ def test_a_store_error_on_commit_ends_the_delivery_and_the_saga_resumes(lands: b
     def saga(s: Saga) -> str:
         s.step("reserve", lambda: ledger.add("reserve"), compensate=lambda r: ledger.add("release"))
         s.step("charge", lambda: ledger.add("charge"), compensate=lambda r: ledger.add("refund"))
+        s.step("ship", lambda: ledger.add("ship"))  # charge's record rides on its intent
         return "ok"
 
     # When the commit that records 'charge' fails, the store's error surfaces as is

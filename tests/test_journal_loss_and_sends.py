@@ -288,7 +288,7 @@ def test_a_refusing_journal_is_said_at_worker_boot_and_its_messages_wait(
 
     @kw_dramatiq.saga_task(broker=broker, store=store, actor_name="shop.refused")
     def checkout(saga: Saga, order: str) -> None:
-        ran.append(order)
+        saga.step("record", ran.append, order)
 
     worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
     with caplog.at_level(logging.DEBUG, "kompensa_workers"):

@@ -105,11 +105,14 @@ def test_a_server_that_stays_away_ends_the_delivery_and_it_resumes_later() -> No
     store = RedisStore(client, namespace="ns", lock_ttl=1.0, write_timeout=0.3)
     runs: list[str] = []
 
+    def b() -> None:
+        runs.append("b")
+        if len(runs) == 2:
+            server.connected = False  # Redis goes away once 'a' is journaled
+
     def saga(s: Any) -> str:
         s.step("a", lambda: runs.append("a"))
-        if len(runs) == 1:
-            server.connected = False  # Redis goes away after the first step
-        s.step("b", lambda: runs.append("b"))
+        s.step("b", b)  # its intent's write carries 'a'
         return "done"
 
     with pytest.raises(StoreUnavailable, match="unreachable"):

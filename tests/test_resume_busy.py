@@ -92,11 +92,13 @@ def test_interrupted_step_runs_again_with_its_attempt_count_continued(
 
     with pytest.raises(Killed):
         deliver(saga, key="k1", store=store, clock=clock)
-    # Nothing was recorded, as with a crash, but the live process released the
-    # lease on the way out: the next delivery resumes at once, not after the TTL.
+    # Nothing was recorded but the step's intent, as with a crash, but the live
+    # process released the lease on the way out: the next delivery resumes at
+    # once, not after the TTL.
     execution = store.get("k1")
     assert execution is not None and execution.status == "running"
-    assert execution.step("charge") is None
+    intent = execution.step("charge")
+    assert intent is not None and intent.attempts == 0 and intent.result is None
     assert deliver(saga, key="k1", store=store, clock=clock) == Finished("ch")
     assert attempts == [1, 2]
     record = store.get("k1").step("charge")  # type: ignore[union-attr]

@@ -53,7 +53,8 @@ def test_a_lost_lease_cancels_the_step_and_its_write_is_refused(store: Any) -> N
     with pytest.raises(LeaseLost):
         deliver(lambda s: s.step("pay", pay), key="k", store=store)
     assert flags == [True]
-    assert store.get("k").step("pay") is None  # the journal is untouched
+    intent = store.get("k").step("pay")  # the journal holds only the step's intent
+    assert intent is not None and intent.attempts == 0 and intent.result is None
 
 
 def test_the_suite_loads_on_first_use_and_fake_clock_needs_no_pytest() -> None:

@@ -44,13 +44,17 @@ from .signals import (
 from .step import Step
 
 Undo = tuple[Callable[[Any], Any], Retry]
+Opener = Callable[["ExecutionRun", tuple["StepRecord", ...]], None]
 
 
 @dataclass(frozen=True)
 class Succeeded:
-    """The step returned; ``result`` is as replay will see it."""
+    """The step returned; ``result`` is as replay will see it. ``record`` (and a
+    ``status`` change) is not written yet: the caller defers or commits it."""
 
     result: Any
+    record: StepRecord
+    status: ExecutionStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,13 @@ class StopFlags:
     stopped: threading.Event = field(default_factory=threading.Event)
     flags: set[threading.Event] = field(default_factory=set)
     mutex: threading.Lock = field(default_factory=threading.Lock)
+    running: int = 0  # children whose attempts have not returned
+
+    def finished(self) -> bool:
+        """A child's attempts returned: whether it was the last one running."""
+        with self.mutex:
+            self.running -= 1
+            return self.running == 0
 
     def stop(self) -> None:
         with self.mutex:
@@ -87,38 +98,79 @@ class StopFlags:
 
 
 class ExecutionRun:
-    """One delivery holding the lease of one execution."""
+    """One delivery of one execution.
+
+    The lease is claimed lazily: the saga function runs up to its first step call
+    (code before it must be deterministic and side-effect free, as replay already
+    requires), and that call's ``opener`` claims the execution with the step's
+    *intent* (its record before any attempt), so the claim is the only round trip
+    before the first attempt. Until then the run holds no lease and no journal.
+    """
 
     def __init__(
         self,
         *,
         store: Store,
-        lease: Lease,
-        execution: Execution,
+        key: str,
         hooks: HookDispatcher,
         clock: Clock,
+        opener: Opener,
         default_retry: Retry | None = None,
         deadline: float | None = None,
-        valid_until: float | None = None,
     ) -> None:
-        self.key = execution.key
+        self.key = key
         self.deadline = deadline  # time.monotonic() by which this delivery hands off
         # time.monotonic() at which the lease must be taken as lost unless renewed
         # (the lease keeper moves it forward); None: the holder does not track it
-        self.valid_until = valid_until
+        self.valid_until: float | None = None
         self.default_retry = default_retry or NO_RETRY
         self.store = store
-        self.lease = lease
+        self.lease = Lease("", 0, store.lock_ttl)  # set when the claim is granted
         self.hooks = hooks
+        self.listening = bool(hooks._hooks)  # no event objects when nobody listens
         self.clock = clock
-        self.journal = Journal(execution)
-        self.status: ExecutionStatus = execution.status
+        self.journal = Journal(Execution(key, "", "running", ""))
+        self.status: ExecutionStatus = "running"
         self.rolling_back = False
-        self.cancel_requested = execution.cancel_requested
+        self.cancel_requested = False
         self.lease_lost = False
+        self._opener: Opener | None = opener
+        self._intent_written = False  # the claim wrote the first step's intent
+        # A step's success waits to ride on the next write (the next step's intent,
+        # or the end): one round trip per step instead of two.
+        self._deferred: list[StepRecord] = []
+        self._deferred_status: ExecutionStatus | None = None
         self._undo: dict[str, Undo] = {}
         self._flags: set[threading.Event] = set()
         self._flags_mutex = threading.Lock()
+
+    # -- the claim ---------------------------------------------------------------
+
+    @property
+    def opened(self) -> bool:
+        """Whether the claim has been made (granted: anything else stopped the run)."""
+        return self._opener is None
+
+    def open(self, *intent: StepRecord) -> None:
+        """Claim the execution now, with ``intent``: the records of the step (or a
+        group's children) about to run first, written if the claim starts it."""
+        opener, self._opener = self._opener, None
+        if opener is not None:
+            opener(self, intent)
+
+    def begin(
+        self, execution: Execution, lease: Lease, valid_until: float | None,
+        written: tuple[StepRecord, ...] = (),
+    ) -> None:
+        """The opener's claim was granted: the journal as claimed, plus ``written``
+        (the intent the claim recorded when it started the execution)."""
+        self.journal = Journal(execution)
+        self.journal.apply(*written)
+        self._intent_written = bool(written)
+        self.lease = lease
+        self.valid_until = valid_until
+        self.status = execution.status
+        self.cancel_requested = execution.cancel_requested
 
     # -- signals from outside (lease keeper, commits) --------------------------
 
@@ -168,10 +220,18 @@ class ExecutionRun:
         lease_ttl: float | None = None,
         release: bool = False,
     ) -> None:
-        """One fenced write. A refused write aborts the delivery; a store that
-        cannot be reached ends it too, leaving the execution to resume later."""
+        """One fenced write, carrying any deferred step record with it. A refused
+        write aborts the delivery; a store that cannot be reached ends it too,
+        leaving the execution to resume later."""
         if self.lease_lost:  # the heartbeat learned it first: write nothing more
             raise Abort(LeaseLost(self.key, self._lost_because()))
+        with self._flags_mutex:
+            deferred, self._deferred = self._deferred, []
+            if status is None:
+                status = self._deferred_status
+            self._deferred_status = None
+        if deferred:
+            records = (*deferred, *records)
         write = JournalWrite.build(
             self.clock.time(), *records, status=status, result=result,
             failure=failure, lease_ttl=lease_ttl, release=release,
@@ -188,6 +248,32 @@ class ExecutionRun:
             self.status = status
         if cancel and not self.cancel_requested:
             self.request_cancel()
+
+    def defer(self, record: StepRecord, status: ExecutionStatus | None = None) -> None:
+        """A step succeeded: its record (and a status change) rides on the next
+        write. This delivery already sees it; a crash before that write runs the
+        step again (its idempotency key is the same), as a crash just after its
+        return always could."""
+        self.journal.apply(record)
+        with self._flags_mutex:
+            self._deferred.append(record)
+            if status is not None:
+                self._deferred_status = status
+
+    def flush(self) -> None:
+        """Write deferred records now, if any."""
+        if self._deferred:
+            self.commit()
+
+    def ready(self, *intent: StepRecord) -> None:
+        """Before a first attempt: record the intent of steps that have no record
+        yet, with any deferred record, in one write (none if neither is needed).
+        A cancel that write reports stops the step from starting."""
+        if not intent and not self._deferred:
+            return
+        self.commit(*intent)
+        if self.cancel_requested:
+            raise CancelRequested()
 
     def release(self) -> None:
         """The delivery dies here (KeyboardInterrupt, SystemExit): free the lease
@@ -224,9 +310,12 @@ class ExecutionRun:
     def step(self, spec: Step) -> Any:
         """``saga.step``: replay, re-raise, wait, or run the step."""
         refuse_nesting(spec.name)
+        if self._opener is not None:
+            self.open(new_record(spec, 0))
         try:
             position, record = self.journal.enter_step(spec.name)
         except NonDeterminismError as exc:
+            self.flush()
             raise Diverged(exc) from None
         plan = self.journal.plan(record, self.clock.time())
         if isinstance(plan, Replay):
@@ -237,12 +326,18 @@ class ExecutionRun:
         self.check_forward()
         if isinstance(plan, Wait):  # delivered early: hand off again, wait the rest
             raise self.wait_for_retry(delay=plan.delay)
-        base = record or new_record(spec, position)
-        outcome = self.attempts(spec, base, plan.attempt, None)
+        if record is None:
+            record = new_record(spec, position)
+            self.ready(record)
+        else:
+            self.ready()
+        self.check_time()  # the write may have used up what was left
+        outcome = self.attempts(spec, record, plan.attempt, None)
         if isinstance(outcome, Waiting):
             raise self.wait_for_retry(outcome.record, delay=outcome.delay)
         if isinstance(outcome, GaveUp):
             raise outcome.error
+        self.defer(outcome.record, outcome.status)
         self.remember(spec)
         return outcome.result
 
@@ -255,7 +350,8 @@ class ExecutionRun:
             self.check_lease()  # every attempt: a retry, a parallel child
             ctx = self.context(spec.name, attempt)
             self.watch(ctx.cancelled, group)
-            self.hooks.on_step_start(StepEvent(self.key, spec.name, attempt))
+            if self.listening:
+                self.hooks.on_step_start(StepEvent(self.key, spec.name, attempt))
             started_at, started = self.clock.time(), time.monotonic()
             try:
                 value = self.call(ctx, spec.fn, spec.args, spec.kwargs, spec.timeout)
@@ -302,9 +398,9 @@ class ExecutionRun:
                 self.commit(record)
                 self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration, exc))
                 return GaveUp(step_failed(spec.name, attempt, exc))
-            self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration))
-            self.commit(record, status=None if self.status == "running" else "running")
-            return Succeeded(value)
+            if self.listening:
+                self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration))
+            return Succeeded(value, record, None if self.status == "running" else "running")
 
     # -- helpers ---------------------------------------------------------------
 

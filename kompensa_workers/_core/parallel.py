@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,9 +38,12 @@ def run_parallel(
         raise ValueError(f"a group name must be a non-empty str, got {group!r}")
     refuse_nesting(group)
     children = _check_children(group, specs)
+    if not run.opened:
+        run.open(*(new_record(s, 0, group, i) for i, s in enumerate(children)))
     try:
         position, records = run.journal.enter_group(group, [s.name for s in children])
     except NonDeterminismError as exc:
+        run.flush()
         raise Diverged(exc) from None
     plans = run.journal.plan_group(records, run.clock.time())
     failed = [p.error for p in plans.values() if isinstance(p, Reraise)]
@@ -56,6 +60,12 @@ def run_parallel(
     run.check_forward()
     waits = [p.delay for p in plans.values() if isinstance(p, Wait)]
     runnable = [s for s in pending if isinstance(plans[s.name], Run)]
+    intent = {
+        s.name: new_record(s, position, group, children.index(s))
+        for s in runnable if records[s.name] is None
+    }
+    run.ready(*intent.values())  # the children's intent rides on one write
+    records = {**records, **intent}
     outcomes = (
         _run_children(run, group, runnable, plans, records, position, fail_fast)
         if runnable else {}
@@ -90,7 +100,7 @@ def _run_children(
     position: int,
     fail_fast: bool,
 ) -> dict[str, Outcome]:
-    stop = StopFlags()
+    stop = StopFlags(running=len(specs))
     futures: dict[str, Future[Outcome]] = {}
     with ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix=group) as pool:
         for index, spec in enumerate(specs):
@@ -98,7 +108,7 @@ def _run_children(
             assert isinstance(plan, Run)
             base = records[spec.name] or new_record(spec, position, group, index)
             future = pool.submit(
-                contextvars.copy_context().run, run.attempts, spec, base, plan.attempt, stop
+                contextvars.copy_context().run, _child, run, spec, base, plan.attempt, stop
             )
             if fail_fast:
                 future.add_done_callback(_stop_on_failure(stop))
@@ -107,6 +117,8 @@ def _run_children(
     errors = [e for e in (f.exception() for f in futures.values()) if e is not None]
     interrupts = [e for e in errors if not isinstance(e, (Exception, EngineSignal))]
     if interrupts:  # KeyboardInterrupt, SystemExit: die like a crash, siblings done
+        with contextlib.suppress(Exception, EngineSignal):
+            run.flush()  # a sibling's success deferred to the next write
         run.release()
         raise interrupts[0]
     for error in errors:  # a lost lease first: nothing else may be written
@@ -115,6 +127,22 @@ def _run_children(
     if errors:
         raise errors[0]
     return {name: future.result() for name, future in futures.items()}
+
+
+def _child(run: ExecutionRun, spec: Step, base: StepRecord, attempt: int,
+           stop: StopFlags) -> Outcome:
+    """One child's attempts. Its success is written at once, except the last one
+    to finish: that one rides on the saga's next write, as a step's does."""
+    try:
+        outcome = run.attempts(spec, base, attempt, stop)
+    finally:
+        last = stop.finished()
+    if isinstance(outcome, Succeeded):
+        if last:
+            run.defer(outcome.record, outcome.status)
+        else:
+            run.commit(outcome.record, status=outcome.status)
+    return outcome
 
 
 def _replayed(plan: Plan) -> Any:

@@ -63,3 +63,20 @@ class Diverged(EngineSignal):
 
 class AttemptDeadline(EngineSignal):
     """Raised inside a step's thread when its attempt outlives ``timeout``."""
+
+
+class Unclaimed(EngineSignal):
+    """The claim made at the saga's first step call did not grant the lease (the
+    execution ended, is held, conflicts, or its journal is lost), or the store
+    raised: the saga function stops there (its code cannot catch the store's
+    error) and the driver answers with ``answer``, or raises it."""
+
+    def __init__(self, answer: object) -> None:
+        super().__init__(answer)
+        self.answer = answer
+
+
+class Reroute(EngineSignal):
+    """The claim granted the lease on an execution that must not run forward (it
+    is compensating, poisoned, or cancelled): the saga function stops and the
+    driver takes the rollback path with the lease held."""

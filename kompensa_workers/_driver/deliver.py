@@ -36,7 +36,7 @@ from .._core.clock import SYSTEM_CLOCK, Clock
 from .._core.codec import check_arguments, check_size, decode, encode, fingerprint, is_utf8
 from .._core.engine import ExecutionRun
 from .._core.failures import ErrorInfo
-from .._core.records import ExecutionStatus, SagaFailure
+from .._core.records import ExecutionStatus, SagaFailure, StepRecord
 from .._core.rollback import compensate
 from .._core.saga import Saga
 from .._core.signals import (
@@ -44,9 +44,11 @@ from .._core.signals import (
     CancelRequested,
     Diverged,
     EngineSignal,
+    Reroute,
     StopReplay,
     StoreFailed,
     Suspend,
+    Unclaimed,
 )
 from ..errors import (
     DeliveryLimitExceeded,
@@ -56,10 +58,10 @@ from ..errors import (
     SerializationError,
     StepFailed,
 )
-from ..hooks import Hooks, SagaEvent, dispatcher
+from ..hooks import HookDispatcher, Hooks, SagaEvent, dispatcher
 from ..retry import Retry
 from ..stores.heartbeat import keeper, lease_validity
-from ..stores.protocol import Store
+from ..stores.protocol import Claim, JournalWrite, Store
 
 __all__ = [
     "DEFAULT_MAX_DELIVERIES",
@@ -186,58 +188,121 @@ def deliver(
     hook = dispatcher(hooks)
     name = name or saga_name(fn)
     digest = _fingerprint(name, args, kwargs)
-    sent_at = time.monotonic()  # the lease's validity counts from before the claim
-    claim = store.claim(
-        key, saga=name, fingerprint=digest, lease_token=lease_token,
-        lock_ttl=lock_ttl or store.lock_ttl, at=clock.time(),
+    claim_options = _ClaimOptions(
+        key=key, name=name, fingerprint=digest, lease_token=lease_token,
+        lock_ttl=lock_ttl or store.lock_ttl,
         dispatch=None if dispatch is None else encode(dict(dispatch), what="dispatch"),
-        must_exist=recorded,
+        recorded=recorded, max_deliveries=max_deliveries,
     )
-    if claim.state == "lost":
-        lost = JournalLost(key, "presented a lease token" if lease_token is not None
-                           else "was recorded at send")
-        hook.on_journal_lost(SagaEvent(key, name, "lost", error=lost))
-        raise lost
-    if claim.state == "busy":
-        hook.on_busy(SagaEvent(key, name, "busy", delay=claim.retry_after))
-        return Busy(claim.retry_after)
-    execution = claim.execution
-    assert execution is not None
-    if claim.state == "conflict":
-        raise IdempotencyConflict(key, execution.saga)
-    if claim.state == "terminal":
-        error = execution.exception()
-        hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True, error=error))
-        return Failed(error, cached=True) if error else Finished(execution.result, cached=True)
-    assert claim.lease is not None
-    valid_until = lease_validity(sent_at, claim.lease.ttl)
+    opening = _Opening(store, hook, clock, claim_options)
     run = ExecutionRun(
-        store=store, lease=claim.lease, execution=execution, hooks=hook, clock=clock,
-        default_retry=retry, deadline=deadline, valid_until=valid_until,
-    )
-    resumed = execution.deliveries > 1 or bool(execution.steps)
-    hook.on_saga_start(SagaEvent(key, name, execution.status, resumed=resumed))
-    handle = keeper.keep(
-        store, key, claim.lease, clock,
-        on_lost=run.lose_lease, on_cancel=run.request_cancel,
-        valid_until=valid_until, on_renewed=run.extend_validity,
+        store=store, key=key, hooks=hook, clock=clock, opener=opening,
+        default_retry=retry, deadline=deadline,
     )
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
+    except Unclaimed as signal:
+        return opening.answer(signal)
     except (Abort, Diverged, StoreFailed) as exc:
         if isinstance(exc, Abort):
             hook.on_lease_lost(SagaEvent(key, name, run.status, error=exc.error))
         hook.on_saga_end(SagaEvent(key, name, run.status, error=exc.error))
         raise exc.error from None
     except BaseException as exc:
-        hook.on_saga_end(SagaEvent(key, name, run.status, error=exc))
+        if run.opened:
+            hook.on_saga_end(SagaEvent(key, name, run.status, error=exc))
         raise
     finally:
-        keeper.drop(handle)
+        opening.close()
     error = outcome.error if isinstance(outcome, Failed) else None
     delay = outcome.delay if isinstance(outcome, RetryLater) else None
-    hook.on_saga_end(SagaEvent(key, name, run.status, error=error, delay=delay))
+    if bool(hook._hooks):
+        hook.on_saga_end(SagaEvent(key, name, run.status, error=error, delay=delay))
     return outcome
+
+
+@dataclass(frozen=True)
+class _ClaimOptions:
+    key: str
+    name: str
+    fingerprint: str
+    lease_token: str | None
+    lock_ttl: float
+    dispatch: bytes | None
+    recorded: bool
+    max_deliveries: int
+
+
+class _Opening:
+    """The claim a run makes at its saga's first step call (or its end, if it
+    calls none), with that step's intent; starts the lease keeper once granted."""
+
+    def __init__(
+        self, store: Store, hook: HookDispatcher, clock: Clock, options: _ClaimOptions
+    ) -> None:
+        self.store, self.hook, self.clock, self.options = store, hook, clock, options
+        self._kept: int | None = None
+
+    def __call__(self, run: ExecutionRun, intent: tuple[StepRecord, ...]) -> None:
+        o, hook = self.options, self.hook
+        sent_at = time.monotonic()  # the lease's validity counts from before the claim
+        steps = JournalWrite.build(0.0, *intent).steps if intent else None
+        try:
+            claim = self.store.claim(
+                o.key, saga=o.name, fingerprint=o.fingerprint, lease_token=o.lease_token,
+                lock_ttl=o.lock_ttl, at=self.clock.time(), dispatch=o.dispatch,
+                must_exist=o.recorded, **({"intent": steps} if steps else {}),
+            )
+        except Exception as exc:  # raised past the saga function's own handlers
+            raise Unclaimed(exc) from None
+        if claim.state != "granted":
+            raise Unclaimed(claim)
+        assert claim.lease is not None and claim.execution is not None
+        execution = claim.execution
+        valid_until = lease_validity(sent_at, claim.lease.ttl)
+        run.begin(execution, claim.lease, valid_until, intent if claim.started else ())
+        if hook._hooks:
+            resumed = not claim.started and (execution.deliveries > 1 or bool(execution.steps))
+            hook.on_saga_start(SagaEvent(o.key, o.name, execution.status, resumed=resumed))
+        self._kept = keeper.keep(
+            self.store, o.key, claim.lease, self.clock,
+            on_lost=run.lose_lease, on_cancel=run.request_cancel,
+            valid_until=valid_until, on_renewed=run.extend_validity,
+        )
+        if (
+            execution.stalled_deliveries >= o.max_deliveries
+            or (execution.status == "compensating" and execution.error is not None)
+            or execution.cancel_requested
+        ):
+            raise Reroute()
+
+    def answer(self, signal: Unclaimed) -> Outcome:
+        """The outcome of a claim that was not granted (or raise its error)."""
+        claim = signal.answer
+        if isinstance(claim, Exception):
+            raise claim
+        assert isinstance(claim, Claim)
+        key, name, hook = self.options.key, self.options.name, self.hook
+        if claim.state == "lost":
+            lost = JournalLost(key, "presented a lease token"
+                               if self.options.lease_token is not None else "was recorded at send")
+            hook.on_journal_lost(SagaEvent(key, name, "lost", error=lost))
+            raise lost
+        if claim.state == "busy":
+            hook.on_busy(SagaEvent(key, name, "busy", delay=claim.retry_after))
+            return Busy(claim.retry_after)
+        execution = claim.execution
+        assert execution is not None
+        if claim.state == "conflict":
+            raise IdempotencyConflict(key, execution.saga)
+        error = execution.exception()
+        hook.on_saga_end(SagaEvent(key, name, execution.status, cached=True, error=error))
+        return Failed(error, cached=True) if error else Finished(execution.result, cached=True)
+
+    def close(self) -> None:
+        if self._kept is not None:
+            keeper.drop(self._kept)
+            self._kept = None
 
 
 def _refuse_blocking_a_running_loop(fn: SagaFunction, key: str) -> None:
@@ -279,6 +344,10 @@ def _drive(
     kwargs: dict[str, Any],
     max_deliveries: int,
 ) -> Outcome:
+    try:
+        return _forward(run, fn, args, kwargs)
+    except Reroute:
+        pass
     execution = run.journal.execution
     poison = None
     if execution.stalled_deliveries >= max_deliveries:
@@ -291,10 +360,15 @@ def _drive(
     if poison is not None:
         failure = SagaFailure(None, ErrorInfo.capture(poison))
         return _roll_back(run, fn, args, kwargs, failure, replay=True, cause=poison)
-    if execution.cancel_requested:
-        failure = SagaFailure(None, None, reason="cancelled")
-        return _roll_back(run, fn, args, kwargs, failure, replay=True)
+    failure = SagaFailure(None, None, reason="cancelled")
+    return _roll_back(run, fn, args, kwargs, failure, replay=True)
 
+
+def _forward(
+    run: ExecutionRun, fn: SagaFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Outcome:
+    """Run the saga function forward; the claim is made at its first step call (a
+    saga that calls none claims when it returns or raises)."""
     cause: BaseException | None
     try:
         result = _call_saga(fn, run, args, kwargs)
@@ -303,15 +377,19 @@ def _drive(
     except CancelRequested:
         failure, cause = SagaFailure(None, None, reason="cancelled"), None
     except StepFailed as exc:
+        run.open()
         failure, cause = SagaFailure(exc.step, ErrorInfo.capture(exc.cause)), exc.cause
     except Exception as exc:
+        run.open()
         failure, cause = SagaFailure(None, ErrorInfo.capture(exc)), exc
     except EngineSignal:
         raise
     except BaseException:
-        run.release()
+        if run.opened:
+            run.release()
         raise
     else:
+        run.open()
         try:
             encoded = check_size(
                 encode(result, what="saga result"), run.store.max_value_bytes,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .._core.check import count, number
@@ -77,6 +77,7 @@ class MemoryStore:
         at: float,
         dispatch: bytes | None = None,
         must_exist: bool = False,
+        intent: Mapping[str, bytes] | None = None,
     ) -> Claim:
         now = self._clock.time()
         with self._mutex:
@@ -97,9 +98,15 @@ class MemoryStore:
                     "cancel": b"0",
                 }
                 self._journals[key] = fields
-            if fields["status"] == b"queued":  # sent, and now delivered, with these
+                started = True
+            elif fields["status"] == b"queued":  # sent, and now delivered, with these
                 fields.update(status=b"running", saga=saga.encode(),
                               fingerprint=fingerprint.encode())
+                started = True
+            else:
+                started = False
+            if started and intent:
+                fields.update(intent)
             if fields["fingerprint"] != fingerprint.encode():
                 return Claim("conflict", execution_from_fields(key, fields))
             if fields["status"].decode() in TERMINAL:
@@ -133,6 +140,7 @@ class MemoryStore:
                 "granted",
                 execution_from_fields(key, fields),
                 Lease(token, fence, lock_ttl),
+                started=started and bool(intent),
             )
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:

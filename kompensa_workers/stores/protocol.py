@@ -1,12 +1,13 @@
 """The store protocol: what the engine needs from a journal backend.
 
-Three calls carry a delivery, so a happy-path N-step saga costs N + 2 round trips::
+Two calls carry a delivery, so a happy-path N-step saga costs N + 1 round trips::
 
-    claim(key)           lease acquire or handover, fence += 1, deliveries += 1,
+    claim(key, intent)   lease acquire or handover, fence += 1, deliveries += 1,
                          stalled += 1 if the last grant never handed off,
-                         fingerprint check, journal load           -> Claim
-    commit(key, write)   one fenced write per step                 -> cancel flag
-    commit(key, write)   the terminal write, lease released         -> cancel flag
+                         fingerprint check, journal load; a new execution
+                         gets the first step's intent              -> Claim
+    commit(key, write)   step k's record + step k+1's intent        -> cancel flag
+    commit(key, write)   the last step's record, the end, lease released
 
 Every commit is refused with :class:`LeaseLost` unless the caller still holds the
 lease it was granted (same token, same fencing token, not expired). A commit resets
@@ -62,12 +63,17 @@ class Claim:
     ``lost``: the claim said the journal must hold the execution, and it holds no
     record of it (evicted, flushed, a restart without persistence); nothing was
     created.
+
+    ``started``: this claim started the execution (it had no record, or was only
+    ``queued``) and wrote the ``intent`` it was given; ``execution`` may then
+    leave those records out (the claimer has them).
     """
 
     state: Literal["granted", "terminal", "busy", "conflict", "lost"]
     execution: Execution | None = None
     lease: Lease | None = None
     retry_after: float = 0.0
+    started: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,8 +135,14 @@ class Store(Protocol):
         at: float,
         dispatch: bytes | None = None,
         must_exist: bool = False,
+        intent: Mapping[str, bytes] | None = None,
     ) -> Claim:
         """Acquire (or take over, with ``lease_token``) the lease and load the journal.
+
+        ``intent``: step records (journal field -> encoded record) of the step about
+        to run first, written only when this claim starts the execution (then
+        ``Claim.started``): a replay that reaches another step there is caught. A
+        store that ignores it costs the engine one more write.
 
         ``dispatch`` (encoded, adapter-defined: which task, which arguments) is kept
         with a granted execution so recovery can send it again. With a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
 from ..._core.check import count, instance, number
-from ..._core.records import Execution
+from ..._core.records import Execution, Grant
 from ...errors import KompensaError, LeaseLost, SerializationError, StoreUnavailable
 from ..protocol import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -130,6 +130,7 @@ class RedisStore:
         at: float,
         dispatch: bytes | None = None,
         must_exist: bool = False,
+        intent: Mapping[str, bytes] | None = None,
     ) -> Claim:
         token = secrets.token_hex(16)
         ttl, forced = lock_ttl, "0"
@@ -139,13 +140,23 @@ class RedisStore:
             )
             # Refused: the journal says why (busy for how long, ended, conflicting).
             ttl, forced = (lock_ttl, "peek") if grant is None else (grant.validity, "1")
-        reply = self._script(
-            "claim", key,
-            [key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
-             dispatch or b"", "1" if must_exist else "0"],
-            extra_keys=[self._recovered],
-        )
+        args: list[Any] = [
+            key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
+            dispatch or b"", "1" if must_exist else "0",
+        ]
+        if intent:
+            for pair in intent.items():
+                args += pair
+        reply = self._script("claim", key, args, extra_keys=[self._recovered])
         state = reply[0].decode()
+        if state == "started":  # a new execution: only its fence and cancel flag
+            fence, cancel = int(reply[2][0]), reply[2][1] == b"1"
+            execution = Execution(
+                key, saga, "running", fingerprint, fence=fence, deliveries=1,
+                created_at=at, updated_at=at, cancel_requested=cancel,
+                grants=(Grant(at, fence, "new"),),
+            )
+            return Claim("granted", execution, Lease(token, fence, lock_ttl), started=True)
         if state == "lost":
             if self.lock is not None and forced == "1":
                 self.lock.release(lock_key(self.namespace, key), token)

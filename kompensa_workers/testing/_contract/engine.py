@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from ..._core.context import current_step
-from ..._driver.deliver import Busy, Outcome, deliver
+from ..._driver.deliver import Busy, Finished, Outcome, deliver
 from ..._driver.runner import SagaRunner
 from ...errors import (
     LeaseLost,
+    NonDeterminismError,
     PermanentError,
     SagaFailed,
     SerializationError,
@@ -69,6 +70,48 @@ class EngineScenarios(ContractBase):
                 runner.run(failing, idempotency_key="ko")
             assert isinstance(failed.value.cause, PermanentError)
         assert undone == ["o2"]
+
+    @pytest.mark.parametrize("crashed", ["reserve", "charge"])
+    def test_a_step_renamed_after_a_crash_inside_it_is_non_determinism(
+        self, store: Any, crashed: str
+    ) -> None:
+        """The journal records a step's intent before its first attempt: a redeploy
+        that renamed the step a worker died in cannot run the new one silently."""
+        effects: list[str] = []
+
+        class Crash(BaseException):
+            """Dies like a killed worker would (the lease is freed at once)."""
+
+        def effect(name: str) -> str:
+            effects.append(name)
+            if name == crashed and effects.count(name) == 1:
+                raise Crash()
+            return name
+
+        def saga(s: Any, renamed: str | None = None) -> list[str]:
+            names = ["reserve", "charge", "ship"]
+            return [s.step(renamed if renamed and n == crashed else n,
+                           effect, n, compensate=lambda r: effects.append("undo " + r))
+                    for n in names]
+
+        def v1(s: Any) -> list[str]:
+            return saga(s)
+
+        def v2(s: Any) -> list[str]:
+            return saga(s, renamed=crashed + "-v2")
+
+        v1.saga_name = v2.saga_name = "checkout"  # type: ignore[attr-defined]
+        with pytest.raises(Crash):
+            deliver(v1, key="k", store=store)
+        before = store.get("k")
+        with pytest.raises(NonDeterminismError, match=crashed):
+            deliver(v2, key="k", store=store)
+        after = store.get("k")
+        assert (after.status, after.steps) == (before.status, before.steps)  # unchanged
+        assert not any(e.startswith("undo") for e in effects)  # nothing compensated
+        time.sleep(self.lock_ttl + 0.05)  # the diverged delivery's lease lapses
+        assert deliver(v1, key="k", store=store) == Finished(["reserve", "charge", "ship"])
+        assert effects.count(crashed) == 2 and len(effects) == 4  # no other step again
 
     def test_the_default_retry_policy_applies_to_steps_that_name_none(self, store: Any) -> None:
         calls = {"n": 0}
@@ -151,6 +194,8 @@ class EngineScenarios(ContractBase):
         # when the step returns, its write is refused with LeaseLost,
         with pytest.raises(LeaseLost):
             deliver(lambda s: s.step("pay", pay), key="k", store=recorder)
-        # the step was told to stop, and the journal holds nothing of it.
+        # the step was told to stop, and the journal holds nothing of it but the
+        # intent written before it started: no attempt, no result.
         assert flags == [True]
-        assert store.get("k").step("pay") is None
+        intent = store.get("k").step("pay")
+        assert intent is not None and intent.attempts == 0 and intent.result is None

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from ..._core.records import StepRecord
 from ...errors import LeaseLost
-from ...stores.protocol import Lease
+from ...stores.protocol import JournalWrite, Lease
 from .base import ContractBase, step, write
 
 
@@ -23,6 +24,26 @@ class LeaseScenarios(ContractBase):
         assert (execution.status, execution.fence, execution.deliveries) == ("running", 1, 1)
         assert (execution.saga, execution.fingerprint) == ("s", "fp")
         assert granted.lease.fence == 1
+
+    def test_the_intent_is_written_only_by_the_claim_that_starts_the_execution(
+        self, store: Any
+    ) -> None:
+        intent = StepRecord(name="pay", position=0, status="retrying", attempts=0)
+        other = StepRecord(name="refund", position=0, status="retrying", attempts=0)
+        first = store.claim("k", saga="s", fingerprint="fp", lease_token=None,
+                            lock_ttl=self.lock_ttl, at=time.time(),
+                            intent=JournalWrite.build(0.0, intent).steps)
+        assert first.state == "granted" and first.started
+        assert first.lease is not None
+        store.release("k", first.lease)
+        again = store.claim("k", saga="s", fingerprint="fp", lease_token=None,
+                            lock_ttl=self.lock_ttl, at=time.time(),
+                            intent=JournalWrite.build(0.0, other).steps)
+        assert again.state == "granted" and not again.started
+        execution = store.get("k")
+        assert [s.name for s in execution.steps] == ["pay"]  # the second is not written
+        recorded = execution.step("pay")
+        assert (recorded.position, recorded.attempts, recorded.status) == (0, 0, "retrying")
 
     def test_a_held_lease_makes_others_busy_until_it_expires(self, store: Any) -> None:
         first = self.claim(store)

@@ -20,8 +20,12 @@
 -- ARGV[9] - how to dispatch it again (encoded; '' keeps what is recorded)
 -- ARGV[10] - '1' when the journal must hold the execution (the delivery presents a
 --            lease token, or its message says it was recorded at send)
+-- ARGV[11..] - field, value pairs: the intent of the step(s) about to run first,
+--            written only when this claim starts the execution
 -- returns {state, retry_after_ms, {field, value, ...}}
 --   state 'granted' | 'terminal' | 'conflict' (the whole journal follows)
+--   state 'started' (this claim started it and wrote the intent: no journal
+--         follows, only {fence, cancel flag}; the claimer knows the rest)
 --   state 'busy' (retry_after_ms: what is left of the holder's lease)
 --   state 'lost' (it must exist and does not: nothing is created)
 
@@ -40,13 +44,23 @@ end
 if peek and redis.call('EXISTS', journal) == 0 then
   return {'busy', ttl}
 end
-if redis.call('EXISTS', journal) == 0 then
+local started = false
+if peek then
+  started = false
+elseif redis.call('EXISTS', journal) == 0 then
   redis.call('HSET', journal, 'saga', saga, 'fingerprint', fingerprint,
              'status', 'running', 'created_at', ARGV[7], 'updated_at', ARGV[7],
              'fence', 0, 'deliveries', 0, 'stalled', 0, 'open', 0, 'cancel', 0)
-elseif not peek and redis.call('HGET', journal, 'status') == 'queued' then
+  started = true
+elseif redis.call('HGET', journal, 'status') == 'queued' then
   -- sent, and now delivered: it starts with the arguments the delivery carries
   redis.call('HSET', journal, 'status', 'running', 'saga', saga, 'fingerprint', fingerprint)
+  started = true
+end
+if started then
+  for first = 11, #ARGV, 512 do  -- in chunks: unpack() is limited by the Lua stack
+    redis.call('HSET', journal, unpack(ARGV, first, math.min(first + 511, #ARGV)))
+  end
 end
 local head = redis.call('HMGET', journal, 'fingerprint', 'status', 'lease_token',
                         'lease_until', 'open')
@@ -96,4 +110,7 @@ end
 redis.call('PERSIST', journal)
 redis.call('ZADD', index, now + ttl, key)
 redis.call('HDEL', KEYS[3], key)
+if started and #ARGV > 10 then
+  return {'started', 0, {fence, redis.call('HGET', journal, 'cancel')}}
+end
 return {'granted', 0, redis.call('HGETALL', journal)}
