@@ -128,8 +128,12 @@ class Journal:
     # -- forward steps --------------------------------------------------------
 
     def plan(self, record: StepRecord | None, now: float) -> Plan:
-        """What to do at a step call, given its record."""
-        return self.plan_group({"": record}, now)[""]
+        """What to do at a step call, given its record (a Run counts attempts lost
+        with a dead worker, as :meth:`plan_group` does)."""
+        plan = self._plan(record, now)
+        if isinstance(plan, Run) and self._stalled_forward:
+            plan = Run(plan.attempt + self._take_lost(rollback=False))
+        return plan
 
     def plan_group(
         self, records: dict[str, StepRecord | None], now: float

@@ -1,8 +1,9 @@
 """RedisStore: the journal and lease of every execution in Redis, one Lua call per
 journal operation.
 
-Round trips per delivery: claim (1), one fenced commit per step (N), the final
-commit that releases the lease (1) — N + 2 for a happy-path N-step saga. The
+Round trips per delivery: the claim with the first step's intent (1), then one
+fenced commit per step carrying its result and the next step's intent, the last
+one the end and the lease's release (N) — N + 1 for a happy-path N-step saga. The
 heartbeat adds one per ttl/3 while a step runs longer than that.
 """
 
