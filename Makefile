@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-BENCHES := cost memory throughput storm recovery
+BENCHES := cost journal-cpu memory throughput storm recovery
 
 .PHONY: demo test lint unit integration chaos bench $(addprefix bench-,$(BENCHES)) clean
 
@@ -48,7 +48,7 @@ bench: $(addprefix bench-,$(BENCHES))
 
 $(addprefix bench-,$(BENCHES)): bench-%: $(VENV)/.dev
 	$(BIN)/python scripts/services.py
-	$(BIN)/python -m benchmarks.$* $(ARGS)
+	$(BIN)/python -m benchmarks.$(subst -,_,$*) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

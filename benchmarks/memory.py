@@ -11,7 +11,8 @@ adapter journals for recovery (the shape the Dramatiq adapter writes):
 
 * the keys one execution leaves, each with its ``MEMORY USAGE``, and what its
   journal hash holds, field by field;
-* the growth of ``used_memory`` over 10,000 executions, per execution.
+* the growth of ``used_memory`` over 10,000 executions, per execution, against the
+  goal of at most 1 KB (1,024 bytes) per retained execution.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ EXECUTIONS = 10_000
 QUICK_EXECUTIONS = 500
 NAMESPACE = "shop"
 SAGA_NAME = "shop.checkout"
+GOAL_BYTES = 1024  # used_memory growth per retained execution, at most
 
 
 # -- the saga -------------------------------------------------------------------------
@@ -255,38 +257,68 @@ def keys_section(found: OneExecution) -> str:
     ])
 
 
+def per_execution(found: Growth) -> float:
+    return found.used_memory_delta / found.executions
+
+
 def growth_section(found: list[Growth]) -> str:
     rows: list[list[object]] = [
         [g.way, f"{g.executions:,}", f"{g.keys_added:,}", f"{g.used_memory_delta:,}",
-         f"{g.used_memory_delta / g.executions:.0f}",
+         f"{per_execution(g):.0f}",
+         "met" if per_execution(g) <= GOAL_BYTES else "**missed**",
          f"{g.memory_usage_sum / max(g.keys_added, 1):.0f}",
          f"{g.executions / g.seconds:.0f}/s"]
         for g in found
     ]
-    return _report.table(
+    table = _report.table(
         ["executions run by", "executions", "keys added", "used_memory delta, bytes",
-         "per execution, bytes", "MEMORY USAGE per key, bytes", "rate"],
+         "per execution, bytes", f"goal ≤ {GOAL_BYTES:,}", "MEMORY USAGE per key, bytes",
+         "rate"],
         rows,
     )
+    return table + "\n\n" + prose(goal(found))
+
+
+def goal(found: list[Growth]) -> str:
+    """Met or missed, row by row."""
+    missed = [g for g in found if per_execution(g) > GOAL_BYTES]
+    if not missed:
+        return (f"**Goal met** in every row: a retained execution grew `used_memory` by at "
+                f"most {GOAL_BYTES:,} bytes (1 KB).")
+    rows = "; ".join(f"{g.way}: {per_execution(g):,.0f} bytes, "
+                     f"{per_execution(g) / GOAL_BYTES:.1f}× the goal" for g in missed)
+    met = [g.way for g in found if per_execution(g) <= GOAL_BYTES]
+    also = f" Met by: {', '.join(met)}." if met else ""
+    return (f"**Goal missed** (at most {GOAL_BYTES:,} bytes, 1 KB, of `used_memory` per "
+            f"retained execution) by {len(missed)} of {len(found)} rows: {rows}.{also}")
 
 
 def summary(grown: list[Growth], singles: list[OneExecution]) -> str:
     """The figure a user sizes Redis with, and what drives it."""
     runner, broker, tuned = (g.used_memory_delta / g.executions for g in grown)
     steps = [size for name, size in singles[0].fields if name.startswith("step:")]
-    return (
+    journal = next((k for k in singles[0].keys if k.name.endswith(":journal")), None)
+    text = (
         f"A retained execution of this saga costs about **{broker:,.0f} bytes** of Redis "
         f"memory when a broker delivered it ({runner:,.0f} in-process), "
         f"{2 ** 30 / broker / 1e6:.2f} million per GiB: size Redis for the retention "
         "period times the rate of executions (a `compensation_failed` execution is kept "
-        "until someone resolves it). Each step's record takes "
-        f"{min(steps)}–{max(steps)} bytes for a result of about ten: it is a self-"
-        "describing map (name, status, attempts, times, result, error, compensation). "
-        "That is longer than Redis's default `hash-max-listpack-value` (64), so the "
-        "journal is stored as a hashtable; a server with `hash-max-listpack-value "
-        f"256` keeps it as a listpack, at {tuned:,.0f} bytes per execution "
-        f"({1 - tuned / broker:.0%} less)."
+        "until someone resolves it)."
     )
+    if steps:
+        text += (f" Each step's record takes {min(steps)}–{max(steps)} bytes (field name "
+                 "and value) for a result of about ten: it is a self-describing map (name, "
+                 "status, attempts, times, result, error, compensation).")
+    listpack = (f"a server with `hash-max-listpack-value 256` keeps it as a listpack, at "
+                f"{tuned:,.0f} bytes per execution ({1 - tuned / broker:.0%} less)")
+    if journal is not None and journal.encoding == "hashtable":
+        text += (" A value longer than Redis's default `hash-max-listpack-value` (64) makes "
+                 f"the journal a hashtable; {listpack}.")
+    elif journal is not None:
+        text += (f" The journal stays a {journal.encoding} under Redis's default "
+                 f"`hash-max-listpack-value` (64); with 256, {tuned:,.0f} bytes per "
+                 "execution.")
+    return text
 
 
 def prose(text: str) -> str:

@@ -2,17 +2,22 @@
 
 Each has a saga form and, where a benchmark compares, the bare form a user would
 write without the library: the same calls in one task, or retries that sleep in
-the task (as tenacity or an in-process workflow step does).
+the task (as tenacity or an in-process workflow step does); and the floor of the
+no-op saga: its bare form plus as many raw Redis writes as its journal's round trips.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
+
+import redis
 
 from kompensa_workers import Retry, Saga, TransientError, current_step
 
 from . import sagas
+from .floor import RawWrites
 
 
 def noop(value: Any) -> Any:
@@ -37,6 +42,21 @@ def noop3(saga: Saga, n: int, pause: float = 0.0) -> Any:
 def bare3(n: int, pause: float = 0.0) -> Any:
     """The same three calls in one plain task."""
     return wait(wait(wait(n, pause), pause), pause)
+
+
+_raw: RawWrites | None = None
+
+
+def floor3(n: int, pause: float = 0.0, writes: int = 0) -> Any:
+    """The same three calls plus ``writes`` raw Redis writes (one round trip each, to
+    the journal's Redis): what a saga of three journaled steps costs at the least."""
+    global _raw
+    if _raw is None:  # in the process that runs the task (a pool child, a work horse)
+        client = redis.Redis.from_url(os.environ["KW_REDIS_URL"], socket_timeout=5.0)
+        _raw = RawWrites(client, f"{sagas.NAMESPACE}:floor:{os.getpid()}")
+    result = bare3(n, pause)
+    _raw.writes(writes)
+    return result
 
 
 def charge_twice_declined(order_id: str) -> str:

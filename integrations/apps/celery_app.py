@@ -46,6 +46,7 @@ noop3 = saga_task(app, store=store, name="kw.noop3")(bench.noop3)
 storm = saga_task(app, store=store, name="kw.storm")(bench.storm)
 order = saga_task(app, store=store, name="kw.order")(chaos.order)
 bare3 = app.task(name="kw.bare3")(bench.bare3)
+floor3 = app.task(name="kw.floor3")(bench.floor3)
 storm_sleeping = app.task(name="kw.storm_sleeping")(bench.storm_sleeping)
 # The best Celery alone does for a killed worker: the message comes back.
 plain_slow = app.task(name="kw.plain_slow", acks_late=True,

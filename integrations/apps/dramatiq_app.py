@@ -51,6 +51,7 @@ storm = saga_task(actor_name="kw.storm", **options)(bench.storm)
 order = saga_task(actor_name="kw.order", **options)(chaos.order)
 plain = {"queue_name": QUEUE, "store_results": True}
 bare3 = dramatiq.actor(actor_name="kw.bare3", **plain)(bench.bare3)
+floor3 = dramatiq.actor(actor_name="kw.floor3", **plain)(bench.floor3)
 storm_sleeping = dramatiq.actor(actor_name="kw.storm_sleeping", max_retries=0,
                                 **plain)(bench.storm_sleeping)
 plain_slow = dramatiq.actor(actor_name="kw.plain_slow", max_retries=0, **plain)(bench.plain_slow)

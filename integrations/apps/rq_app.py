@@ -41,6 +41,7 @@ storm = saga_job("storm", bench.storm)
 order = saga_job("order", chaos.order)
 # Plain jobs, enqueued by path: integrations.apps.rq_app.<name>
 bare3 = bench.bare3
+floor3 = bench.floor3
 storm_sleeping = bench.storm_sleeping
 plain_slow = bench.plain_slow
 
