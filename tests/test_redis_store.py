@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from kompensa_workers import (
+    LeaseLost,
     RedisStore,
     SagaRunner,
     SerializationError,
@@ -123,20 +124,24 @@ def test_a_server_that_stays_away_ends_the_delivery_and_it_resumes_later() -> No
     assert runs == ["a", "b", "b"]  # 'a' journaled before the outage never re-ran
 
 
-def test_a_retried_write_that_had_landed_is_acknowledged_not_refused() -> None:
+def test_a_retried_write_that_had_landed_is_acknowledged_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _, client = fake()
     store = RedisStore(client, namespace="ns")
     granted = claim(store, "k")
-    lease = granted.lease
-    args = [  # a finishing write, as commit() sends it
-        "k", lease.token, lease.fence, "write-1", "succeeded", "1.0", "", "1",
-        10_000, "result", b"\xc0",
-    ]
-    assert store._script("commit", "k", args)[0] == 1
+    finish = JournalWrite.build(time.time(), status="succeeded", result=b"\xc0")
+    # A retried call sends the same write id (the arguments are built once).
+    monkeypatch.setattr("kompensa_workers.stores.redis.store._write_id", lambda: "write-1")
+    assert store.commit("k", granted.lease, finish) is False
     # The reply was lost; the client sends the same write again after the lease
-    # was already released by the first one.
-    assert store._script("commit", "k", args)[0] == 1
+    # was already released by the first one: acknowledged, not refused.
+    assert store.commit("k", granted.lease, finish) is False
     assert store.get("k").status == "succeeded"  # type: ignore[union-attr]
+    other = JournalWrite.build(time.time(), status="succeeded", result=b"\xc0")
+    monkeypatch.setattr("kompensa_workers.stores.redis.store._write_id", lambda: "write-2")
+    with pytest.raises(LeaseLost):  # a different write after the release is refused
+        store.commit("k", granted.lease, other)
 
 
 @pytest.mark.parametrize(

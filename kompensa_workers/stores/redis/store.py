@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -140,23 +142,23 @@ class RedisStore:
             )
             # Refused: the journal says why (busy for how long, ended, conflicting).
             ttl, forced = (lock_ttl, "peek") if grant is None else (grant.validity, "1")
-        args: list[Any] = [
-            key, saga, fingerprint, lease_token or "", token, _ms(ttl), repr(at), forced,
-            dispatch or b"", "1" if must_exist else "0",
-        ]
+        presented = "-" if not lease_token else lease_token if lease_token.isalnum() else "?"
+        args: list[Any] = [key, saga, fingerprint, " ".join((
+            presented, token, str(_ms(ttl)), repr(at), forced, "1" if must_exist else "0",
+        )), dispatch or b""]
         if intent:
             for pair in intent.items():
                 args += pair
         reply = self._script("claim", key, args, extra_keys=[self._recovered])
-        state = reply[0].decode()
-        if state == "started":  # a new execution: only its fence and cancel flag
-            fence, cancel = int(reply[2][0]), reply[2][1] == b"1"
+        if isinstance(reply, int):  # started, with the intent: fence * 2 + cancel flag
+            fence = reply >> 1
             execution = Execution(
                 key, saga, "running", fingerprint, fence=fence, deliveries=1,
-                created_at=at, updated_at=at, cancel_requested=cancel,
+                created_at=at, updated_at=at, cancel_requested=bool(reply & 1),
                 grants=(Grant(at, fence, "new"),),
             )
             return Claim("granted", execution, Lease(token, fence, lock_ttl), started=True)
+        state = reply[0].decode()
         if state == "lost":
             if self.lock is not None and forced == "1":
                 self.lock.release(lock_key(self.namespace, key), token)
@@ -171,26 +173,27 @@ class RedisStore:
         return Claim("granted", execution, Lease(token, execution.fence, lock_ttl))
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
-        pairs: list[str | bytes] = []
-        for field, value in (
-            *write.steps.items(), ("result", write.result), ("error", write.failure)
-        ):
-            if value is not None:
-                pairs += [field, value]
-        reply = self._script("commit", key, [
-            key, lease.token, lease.fence, secrets.token_hex(8), write.status or "",
-            repr(write.at), "" if write.lease_ttl is None else _ms(write.lease_ttl),
-            "1" if write.release else "0", _ms(self.retention), *pairs,
-        ])
-        if reply[0] == 0:
-            raise LeaseLost(key, reply[1].decode())
+        args: list[str | bytes] = [key, " ".join((
+            lease.token, str(lease.fence), _write_id(), write.status or "-", repr(write.at),
+            "-" if write.lease_ttl is None else str(_ms(write.lease_ttl)),
+            "1" if write.release else "0", str(_ms(self.retention)),
+        ))]
+        for pair in write.steps.items():
+            args += pair
+        if write.result is not None:
+            args += ("result", write.result)
+        if write.failure is not None:
+            args += ("error", write.failure)
+        reply = self._script("commit", key, args)
+        if reply < 0:
+            raise LeaseLost(key, _LOST[reply])
         if self.lock is not None:  # the journal write decided; the locks follow it
             resource = lock_key(self.namespace, key)
             if write.release:
                 self.lock.release(resource, lease.token)
             elif write.lease_ttl is not None:
                 self.lock.extend(resource, lease.token, write.lease_ttl)
-        return bool(reply[1] == b"1")
+        return bool(reply)
 
     def renew(self, key: str, lease: Lease, at: float) -> bool:
         # extend() raises StoreUnavailable when too few masters answer to tell:
@@ -333,6 +336,24 @@ class RedisStore:
                         "refusing to start it afresh"
                     ) from exc
                 raise
+
+
+_LOST = {-1: "no lease is held", -2: "another worker took the lease over",
+         -3: "the lease expired"}
+_write_ids = itertools.count()
+_WRITER = secrets.token_hex(6)  # with a counter: unique write ids, no syscall each
+
+
+def _write_id() -> str:
+    return f"{_WRITER}{next(_write_ids):x}"
+
+
+def _renew_writer() -> None:
+    global _WRITER
+    _WRITER = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_renew_writer)
 
 
 def _ms(seconds: float) -> int:

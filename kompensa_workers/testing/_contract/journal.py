@@ -44,7 +44,7 @@ class JournalScenarios(ContractBase):
         assert store.get("stuck") is not None
 
     def test_large_writes_and_odd_names_are_handled(self, store: Any) -> None:
-        granted = self.claim(store)
+        granted = self.claim(store, ttl=60)  # encoding 5,000 records outlasts 0.3 s
         records = [StepRecord(name=f"child-{i}", position=0, status="retrying", attempts=1,
                               parent="fan-out", index=i) for i in range(5000)]
         store.commit("k", granted.lease, write(*records))

@@ -11,34 +11,37 @@
 -- ARGV[1] - execution key (its member in the index)
 -- ARGV[2] - saga name
 -- ARGV[3] - fingerprint of the arguments
--- ARGV[4] - lease token presented by a delayed delivery ('' if none)
--- ARGV[5] - the new lease token (a retried claim sends the same one)
--- ARGV[6] - lease ttl, ms
--- ARGV[7] - start time for display (client clock, seconds)
--- ARGV[8] - '1' when a Redlock quorum already granted the lease, 'peek' when the
---           quorum refused it (report only: nothing is created or changed), else '0'
--- ARGV[9] - how to dispatch it again (encoded; '' keeps what is recorded)
--- ARGV[10] - '1' when the journal must hold the execution (the delivery presents a
---            lease token, or its message says it was recorded at send)
--- ARGV[11..] - field, value pairs: the intent of the step(s) about to run first,
+-- ARGV[4] - six words, space-separated (one argument: fewer to send and parse):
+--           the lease token presented by a delayed delivery ('-' if none), the new
+--           lease token (a retried claim sends the same one), the lease ttl (ms),
+--           the start time for display (client clock, seconds), '1' when a
+--           Redlock quorum already granted the lease, 'peek' when the quorum
+--           refused it (report only: nothing is created or changed), else '0',
+--           and '1' when the journal must hold the execution (the delivery
+--           presents a lease token, or its message says it was recorded at send)
+-- ARGV[5] - how to dispatch it again (encoded; '' keeps what is recorded)
+-- ARGV[6..] - field, value pairs: the intent of the step(s) about to run first,
 --            written only when this claim starts the execution
 -- returns {state, retry_after_ms, {field, value, ...}}
 --   state 'granted' | 'terminal' | 'conflict' (the whole journal follows)
---   state 'started' (this claim started it and wrote the intent: no journal
---         follows, only {fence, cancel flag}; the claimer knows the rest)
 --   state 'busy' (retry_after_ms: what is left of the holder's lease)
 --   state 'lost' (it must exist and does not: nothing is created)
+-- or, when this claim started the execution and wrote the intent, only the
+-- integer fence * 2 + cancel flag (the claimer knows the rest)
 
 local journal, index = KEYS[1], KEYS[2]
 local key, saga, fingerprint = ARGV[1], ARGV[2], ARGV[3]
-local presented, new_token, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local presented, new_token, ttl, at, forced, must_exist = string.match(
+  ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+if presented == '-' then presented = '' end
+ttl = tonumber(ttl)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local terminal = {succeeded = true, compensated = true, compensation_failed = true,
                   cancelled = true}
-local peek = ARGV[8] == 'peek'
+local peek = forced == 'peek'
 
-if (presented ~= '' or ARGV[10] == '1') and redis.call('EXISTS', journal) == 0 then
+if (presented ~= '' or must_exist == '1') and redis.call('EXISTS', journal) == 0 then
   return {'lost', 0}
 end
 if peek and redis.call('EXISTS', journal) == 0 then
@@ -49,7 +52,7 @@ if peek then
   started = false
 elseif redis.call('EXISTS', journal) == 0 then
   redis.call('HSET', journal, 'saga', saga, 'fingerprint', fingerprint,
-             'status', 'running', 'created_at', ARGV[7], 'updated_at', ARGV[7],
+             'status', 'running', 'created_at', at, 'updated_at', at,
              'fence', 0, 'deliveries', 0, 'stalled', 0, 'open', 0, 'cancel', 0)
   started = true
 elseif redis.call('HGET', journal, 'status') == 'queued' then
@@ -58,7 +61,7 @@ elseif redis.call('HGET', journal, 'status') == 'queued' then
   started = true
 end
 if started then
-  for first = 11, #ARGV, 512 do  -- in chunks: unpack() is limited by the Lua stack
+  for first = 6, #ARGV, 512 do  -- in chunks: unpack() is limited by the Lua stack
     redis.call('HSET', journal, unpack(ARGV, first, math.min(first + 511, #ARGV)))
   end
 end
@@ -77,7 +80,7 @@ end
 if holder == new_token then  -- our own claim, retried after a lost reply
   return {'granted', 0, redis.call('HGETALL', journal)}
 end
-if ARGV[8] ~= '1' and holder ~= '' and deadline > now and holder ~= presented then
+if forced ~= '1' and holder ~= '' and deadline > now and holder ~= presented then
   return {'busy', deadline - now}
 end
 -- How the lease changed hands, for the record kept in 'grants' (the last ~60).
@@ -96,7 +99,7 @@ if head[5] == '1' then  -- the previous grant died without handing off
 end
 local fence = redis.call('HINCRBY', journal, 'fence', 1)
 local grants = (redis.call('HGET', journal, 'grants') or '') ..
-  ARGV[7] .. ' ' .. fence .. ' ' .. how .. '\n'
+  at .. ' ' .. fence .. ' ' .. how .. '\n'
 if #grants > 4096 then
   grants = string.sub(grants, (string.find(grants, '\n', #grants - 4000, true) or 0) + 1)
 end
@@ -104,13 +107,13 @@ redis.call('HSET', journal, 'grants', grants)
 redis.call('HINCRBY', journal, 'deliveries', 1)
 redis.call('HSET', journal, 'open', 1, 'lease_token', new_token,
            'lease_until', now + ttl)
-if ARGV[9] ~= '' then
-  redis.call('HSET', journal, 'dispatch', ARGV[9])
+if ARGV[5] ~= '' then
+  redis.call('HSET', journal, 'dispatch', ARGV[5])
 end
 redis.call('PERSIST', journal)
 redis.call('ZADD', index, now + ttl, key)
 redis.call('HDEL', KEYS[3], key)
-if started and #ARGV > 10 then
-  return {'started', 0, {fence, redis.call('HGET', journal, 'cancel')}}
+if started and #ARGV > 5 then
+  return fence * 2 + tonumber(redis.call('HGET', journal, 'cancel') or '0')
 end
 return {'granted', 0, redis.call('HGETALL', journal)}
