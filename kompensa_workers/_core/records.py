@@ -106,7 +106,11 @@ class CompensationRecord:
 @dataclass(frozen=True)
 class StepRecord:
     """One step of an execution. ``position`` orders steps; children of a
-    ``saga.parallel`` group share the group's position and name it as ``parent``."""
+    ``saga.parallel`` group share the group's position and name it as ``parent``.
+
+    The wire form is made once and kept: a record is journaled as it was when first
+    encoded, even if its result (a list, a dict) is changed in place afterwards.
+    """
 
     name: str
     position: int
@@ -220,7 +224,7 @@ class StepRecord:
     @classmethod
     def from_bytes(cls, data: bytes, name: str | None = None) -> StepRecord:
         """Inverse of :meth:`to_bytes`: ``name`` is the step's (its journal field is
-        ``step:<name>``); a record written by 0.1 carries its own."""
+        ``step:<name>``); a record written by release 0.1.0 carries its own."""
         wire = decode(data, what="step record")
         if type(wire) is dict:
             return cls._from_map(wire)
@@ -245,7 +249,7 @@ class StepRecord:
 
     @classmethod
     def _from_map(cls, wire: dict[str, Any]) -> StepRecord:
-        """A record as 0.1 wrote it: a map of every field by name."""
+        """A record as release 0.1.0 wrote it: a map of every field by name."""
         try:
             comp = wire.pop("compensation")
             error = wire.pop("error")
