@@ -102,10 +102,18 @@ class Hooks:
 
 
 class HookDispatcher(Hooks):
-    """Calls each of several hooks, logging (never raising) their errors."""
+    """Calls each of several hooks, logging (never raising) their errors.
+
+    ``listening`` (and truth) says whether there is any hook at all: the engine
+    skips building events nobody hears.
+    """
 
     def __init__(self, hooks: Iterable[Hooks] = ()) -> None:
         self._hooks = tuple(hooks)
+        self.listening = bool(self._hooks)
+
+    def __bool__(self) -> bool:
+        return self.listening
 
     def _emit(self, method: str, event: object) -> None:
         for hook in self._hooks:
@@ -152,31 +160,42 @@ class HookDispatcher(Hooks):
 
 
 _installed: list[Hooks] = []
+_for_installed = HookDispatcher()  # what every delivery without hooks= gets
 
 
 def install(hooks: Hooks) -> None:
     """Observe every delivery in this process (and recoveries): how tracing and
     metrics are switched on once, at worker start-up."""
+    global _for_installed
     if not isinstance(hooks, Hooks):
         raise TypeError(f"install: hooks must be a Hooks instance, got {hooks!r}")
     if hooks not in _installed:
         _installed.append(hooks)
+        _for_installed = HookDispatcher(_installed)
 
 
 def uninstall(hooks: Hooks) -> None:
     """Stop observing with ``hooks`` (installed with :func:`install`)."""
+    global _for_installed
     if hooks in _installed:
         _installed.remove(hooks)
+        _for_installed = HookDispatcher(_installed)
 
 
 def dispatcher(hooks: Hooks | Iterable[Hooks] | None) -> HookDispatcher:
-    """Normalise the ``hooks=`` argument users pass, with the installed hooks."""
+    """Normalise the ``hooks=`` argument users pass, with the installed hooks.
+
+    Without ``hooks=`` this is one shared dispatcher (not listening when nothing is
+    installed), made again only by :func:`install` and :func:`uninstall`.
+    """
     if hooks is None:
-        given: list[Hooks] = []
-    elif isinstance(hooks, HookDispatcher):
-        given = list(hooks._hooks)
+        return _for_installed
+    if isinstance(hooks, HookDispatcher):
+        given: Iterable[Hooks] = hooks._hooks
     elif isinstance(hooks, Hooks):
-        given = [hooks]
+        given = (hooks,)
     else:
         given = list(hooks)
+    if not _installed:
+        return hooks if isinstance(hooks, HookDispatcher) else HookDispatcher(given)
     return HookDispatcher([*_installed, *(h for h in given if h not in _installed)])

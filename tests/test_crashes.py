@@ -66,8 +66,8 @@ class Recorder(CrashingStore):
 
     def _note(self, write: JournalWrite) -> None:
         for field, data in write.steps.items():
-            record = StepRecord.from_bytes(data)
             name = field.removeprefix(STEP_PREFIX)
+            record = StepRecord.from_bytes(data, name)
             if record.compensation is not None:
                 if record.compensation.status == "compensated":
                     self.ledger.add("journaled undo", name)

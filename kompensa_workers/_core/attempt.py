@@ -12,6 +12,7 @@ import ctypes
 import heapq
 import inspect
 import itertools
+import math
 import os
 import threading
 import time
@@ -55,7 +56,14 @@ class _Deadline:
 
 class _Watch:
     """One daemon thread per process fires every armed deadline when it is due: a
-    thread per attempt cost more than a short step itself."""
+    thread per attempt cost more than a short step itself.
+
+    The thread sleeps until the earliest armed deadline, and ``arm()`` wakes it only
+    for one earlier than that. With none armed it sleeps until the last deadline
+    of an attempt that ended in time, not for ever: the next attempt with the same
+    timeout is due later and need not wake it. Attempts one after the other so
+    wake it about once per timeout, not once each.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -63,8 +71,10 @@ class _Watch:
         self._order = itertools.count()
         self._armed = 0
         self._thread: threading.Thread | None = None
+        self._sleeping_until = -math.inf  # -inf: awake, it looks at the heap
 
     def arm(self, timeout: float, deadline: _Deadline) -> None:
+        due = time.monotonic() + timeout
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="kompensa-deadlines",
@@ -74,8 +84,8 @@ class _Watch:
             if len(self._heap) > 2 * self._armed + 64:  # drop disarmed entries
                 self._heap = [entry for entry in self._heap if entry[2].armed]
                 heapq.heapify(self._heap)
-            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._order), deadline))
-            if self._heap[0][2] is deadline:
+            heapq.heappush(self._heap, (due, next(self._order), deadline))
+            if due < self._sleeping_until:
                 self._cond.notify()
 
     def disarm(self, deadline: _Deadline) -> None:
@@ -87,11 +97,21 @@ class _Watch:
         while True:
             with self._cond:
                 now = time.monotonic()
-                due = []
+                due, ended = [], -math.inf
                 while self._heap and (self._heap[0][0] <= now or not self._heap[0][2].armed):
-                    due.append(heapq.heappop(self._heap)[2])
+                    when, _, deadline = heapq.heappop(self._heap)
+                    if when <= now:
+                        due.append(deadline)
+                    else:  # disarmed: its attempt ended in time
+                        ended = when
                 if not due:
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    if self._heap:  # the earliest entry left is armed
+                        self._sleeping_until = self._heap[0][0]
+                    else:
+                        self._sleeping_until = ended if ended > now else math.inf
+                    timeout = self._sleeping_until - now
+                    self._cond.wait(timeout if timeout < math.inf else None)
+                    self._sleeping_until = -math.inf
                     continue
             for deadline in due:
                 deadline.fire()  # does nothing if it was disarmed meanwhile

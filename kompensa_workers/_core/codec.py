@@ -26,11 +26,23 @@ _TUPLE, _SET, _FROZENSET, _BIGINT = 1, 2, 3, 4
 _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID = 5, 6, 7, 8, 9, 10
 
 
+# Making a Packer costs more than packing a small value with it: idle ones wait
+# here. One is taken out while in use (list.pop and append are atomic), since
+# threads pack at once and _default packs nested values (a tuple's items) while
+# the outer pack is under way. A Packer keeps the buffer its largest value grew:
+# one that packed more than its initial buffer (256 KiB) is let go.
+_idle_packers: list[Any] = []
+_POOLED_UP_TO = 256 * 1024
+
 
 def _pack(value: object) -> bytes:
-    packed: bytes = msgpack.packb(
-        value, default=_default, use_bin_type=True, strict_types=True
-    )
+    try:
+        packer = _idle_packers.pop()
+    except IndexError:
+        packer = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
+    packed: bytes = packer.pack(value)  # a failed pack leaves it empty: it is let go
+    if len(packed) <= _POOLED_UP_TO:
+        _idle_packers.append(packer)
     return packed
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import DuplicateStepName, KompensaError, NonDeterminismError, StepFailed
 from ..retry import Retry
 from ..stores.protocol import JournalWrite
-from .codec import check_size, decode
+from .codec import check_size, encode
 from .failures import ErrorInfo
 from .records import CompensationRecord, Execution, ExecutionStatus, SagaFailure, StepRecord
 
@@ -184,25 +184,25 @@ class Journal:
         max_bytes: int,
     ) -> tuple[StepRecord, Any]:
         """The record of a successful attempt, and the result as replay will see it."""
+        result_wire = encode(result, step=base.name, what="result")
         with self._mutex:
             self._seq += 1
-            record = replace(
-                base,
-                status="succeeded",
-                attempts=attempt,
-                result=result,
-                error=None,
-                retry_at=None,
-                started_at=base.started_at or started_at,
-                finished_at=now,
-                completed_seq=self._seq,
-            )
-        encoded = check_size(  # to_bytes() raises SerializationError naming the step
+            seq = self._seq
+        # Later deliveries replay the decoded value: this one must see the same.
+        record = base.with_result(
+            result_wire,
+            status="succeeded",
+            attempts=attempt,
+            error=None,
+            retry_at=None,
+            started_at=base.started_at or started_at,
+            finished_at=now,
+            completed_seq=seq,
+        )
+        check_size(
             record.to_bytes(), max_bytes, what="result", step=base.name,
             type_name=type(result).__name__,
         )
-        # Later deliveries replay the decoded value: this one must see the same.
-        record = replace(record, result=decode(encoded)["result"])
         return record, record.result
 
     def failed(
@@ -255,8 +255,9 @@ class Journal:
 
     def compensated(self, record: StepRecord, attempt: int, now: float) -> StepRecord:
         """``record`` with its compensation done."""
-        comp = CompensationRecord("compensated", attempt, finished_at=now)
-        return replace(record, compensation=comp)
+        return record.with_compensation(
+            CompensationRecord("compensated", attempt, finished_at=now)
+        )
 
     def compensation_failed(
         self,
@@ -276,17 +277,16 @@ class Journal:
             retry_at=None if delay is None else now + delay,
             finished_at=now if delay is None else None,
         )
-        return replace(record, compensation=comp), delay
+        return record.with_compensation(comp), delay
 
     def compensation_abandoned(
         self, record: StepRecord, error: BaseException, now: float
     ) -> StepRecord:
         """``record`` with its compensation given up on without another attempt."""
         attempts = record.compensation.attempts if record.compensation else 0
-        comp = CompensationRecord(
+        return record.with_compensation(CompensationRecord(
             "failed", attempts, ErrorInfo.capture(error), finished_at=now
-        )
-        return replace(record, compensation=comp)
+        ))
 
     def compensation_errors(self) -> list[tuple[str, ErrorInfo]]:
         """Compensations that gave up, latest completion first."""

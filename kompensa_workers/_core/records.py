@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ..errors import (
@@ -50,6 +50,31 @@ StepStatus = Literal["retrying", "succeeded", "failed"]
 CompensationStatus = Literal["retrying", "compensated", "failed"]
 
 
+# The wire form of a StepRecord is a positional array, without the name (the
+# journal field is ``step:<name>``) and without the trailing items at their default:
+#
+#   0 result         1 status code     2 position        3 attempts
+#   4 started_at     5 finished_at     6 completed_seq   7 has_compensation
+#   8 error          9 retry_at       10 compensation   11 delays
+#  12 parent        13 index
+#
+# The result comes first so that, encoded already, it is written before the rest.
+# ``compensation`` is ``[status code, attempts, error, retry_at, finished_at]``, also
+# trimmed. Release 0.1.0 wrote a map of every field by name: it is still read.
+_STEP_CODES: dict[str, int] = {"retrying": 0, "succeeded": 1, "failed": 2}
+_STEP_STATUSES: dict[int, StepStatus] = {0: "retrying", 1: "succeeded", 2: "failed"}
+_COMP_CODES: dict[str, int] = {"retrying": 0, "compensated": 1, "failed": 2}
+_COMP_STATUSES: dict[int, CompensationStatus] = {0: "retrying", 1: "compensated", 2: "failed"}
+_STEP_ITEMS, _STEP_REQUIRED = 14, 4
+_STEP_OPTIONAL: tuple[Any, ...] = (None, None, None, False, None, None, None, (), None, 0)
+_COMP_ITEMS, _COMP_REQUIRED = 5, 2
+_FIXARRAY = 0x90  # msgpack's header of an array of fewer than 16 items, | its length
+
+
+def _error(wire: Any) -> ErrorInfo | None:
+    return ErrorInfo.from_wire(wire) if wire else None
+
+
 @dataclass(frozen=True)
 class CompensationRecord:
     """How undoing one step went."""
@@ -60,11 +85,32 @@ class CompensationRecord:
     retry_at: float | None = None
     finished_at: float | None = None
 
+    def to_wire(self) -> list[Any]:
+        """A positional array for the codec (status as a code, trailing Nones left out)."""
+        wire = [_COMP_CODES[self.status], self.attempts,
+                self.error.to_wire() if self.error else None, self.retry_at, self.finished_at]
+        while len(wire) > _COMP_REQUIRED and wire[-1] is None:
+            wire.pop()
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> CompensationRecord:
+        """Inverse of :meth:`to_wire`."""
+        if not _COMP_REQUIRED <= len(wire) <= _COMP_ITEMS:
+            raise ValueError(f"compensation of {len(wire)} items")
+        wire = wire + [None] * (_COMP_ITEMS - len(wire))
+        code, attempts, error, retry_at, finished_at = wire
+        return cls(_COMP_STATUSES[code], attempts, _error(error), retry_at, finished_at)
+
 
 @dataclass(frozen=True)
 class StepRecord:
     """One step of an execution. ``position`` orders steps; children of a
-    ``saga.parallel`` group share the group's position and name it as ``parent``."""
+    ``saga.parallel`` group share the group's position and name it as ``parent``.
+
+    The wire form is made once and kept: a record is journaled as it was when first
+    encoded, even if its result (a list, a dict) is changed in place afterwards.
+    """
 
     name: str
     position: int
@@ -81,6 +127,10 @@ class StepRecord:
     has_compensation: bool = False
     compensation: CompensationRecord | None = None
     delays: tuple[float, ...] = ()
+    # Caches, never copied by dataclasses.replace (init=False): the record's wire
+    # form once made, and the result's as the codec wrote it (see with_result).
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _result_wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def owes_compensation(self) -> bool:
@@ -91,56 +141,132 @@ class StepRecord:
             and (self.compensation is None or self.compensation.status == "retrying")
         )
 
+    def with_result(self, result_wire: bytes, **changes: Any) -> StepRecord:
+        """This record with ``changes`` and the result encoded as ``result_wire``
+        (by the codec): ``result`` becomes the decoded value, the one a replay sees,
+        and :meth:`to_bytes` writes ``result_wire`` as it is."""
+        changes["result"] = decode(result_wire, what="result")
+        return self._evolve(changes, result_wire)
+
+    def with_compensation(self, compensation: CompensationRecord | None) -> StepRecord:
+        """This record with ``compensation``; an encoded result is not encoded again."""
+        return self._evolve({"compensation": compensation}, self._result_wire)
+
+    def _evolve(self, changes: dict[str, Any], result_wire: bytes | None) -> StepRecord:
+        """``dataclasses.replace`` at a fifth of its cost (this is once per step):
+        the fields are copied as they are, as replace would pass them to __init__."""
+        if not _FIELD_NAMES.issuperset(changes):
+            unknown = sorted(changes.keys() - _FIELD_NAMES)
+            raise TypeError(f"StepRecord has no field {unknown[0]!r}")
+        record = object.__new__(type(self))
+        state = record.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        state["_wire"] = None
+        state["_result_wire"] = result_wire
+        return record
+
     def to_bytes(self) -> bytes:
-        """The record's wire form; the result is encoded as part of it."""
+        """The record's wire form (made once), without its name; the result is
+        encoded as part of it."""
+        wire = self._wire
+        if wire is None:
+            wire = self._encode()
+            object.__setattr__(self, "_wire", wire)
+        return wire
+
+    def _encode(self) -> bytes:
         comp = self.compensation
-        wire = {
-            "name": self.name,
-            "position": self.position,
-            "status": self.status,
-            "attempts": self.attempts,
-            "parent": self.parent,
-            "index": self.index,
-            "result": self.result,
-            "error": self.error.to_wire() if self.error else None,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "retry_at": self.retry_at,
-            "completed_seq": self.completed_seq,
-            "has_compensation": self.has_compensation,
-            "compensation": None if comp is None else [
-                comp.status, comp.attempts,
-                comp.error.to_wire() if comp.error else None,
-                comp.retry_at, comp.finished_at,
-            ],
-            "delays": list(self.delays),
-        }
+        wire = [
+            self.result, _STEP_CODES[self.status], self.position, self.attempts,
+            self.started_at, self.finished_at, self.completed_seq, self.has_compensation,
+            self.error.to_wire() if self.error else None,
+            self.retry_at,
+            None if comp is None else comp.to_wire(),
+            list(self.delays), self.parent, self.index,
+        ][:self._wire_length()]
+        if self._result_wire is not None:
+            # The result as already encoded, then the other items: encoded as an
+            # array whose one-byte header is dropped, one header for all before.
+            return b"".join((
+                bytes((_FIXARRAY | len(wire),)), self._result_wire, encode(wire[1:])[1:]
+            ))
         try:
             return encode(wire)
         except SerializationError:
             encode(self.result, step=self.name, what="result")  # names the part
             raise
 
+    def _wire_length(self) -> int:
+        """How many items the wire form keeps: up to the last not at its default."""
+        if self.index != 0:
+            return 14
+        if self.parent is not None:
+            return 13
+        if self.delays:
+            return 12
+        if self.compensation is not None:
+            return 11
+        if self.retry_at is not None:
+            return 10
+        if self.error is not None:
+            return 9
+        if self.has_compensation:
+            return 8
+        if self.completed_seq is not None:
+            return 7
+        if self.finished_at is not None:
+            return 6
+        if self.started_at is not None:
+            return 5
+        return _STEP_REQUIRED
+
     @classmethod
-    def from_bytes(cls, data: bytes) -> StepRecord:
-        """Inverse of :meth:`to_bytes`."""
+    def from_bytes(cls, data: bytes, name: str | None = None) -> StepRecord:
+        """Inverse of :meth:`to_bytes`: ``name`` is the step's (its journal field is
+        ``step:<name>``); a record written by release 0.1.0 carries its own."""
         wire = decode(data, what="step record")
+        if type(wire) is dict:
+            return cls._from_map(wire)
+        if name is None:
+            raise TypeError("a step record does not carry its name: pass name=")
+        try:
+            if not _STEP_REQUIRED <= len(wire) <= _STEP_ITEMS:
+                raise ValueError(f"{len(wire)} items")
+            wire.extend(_STEP_OPTIONAL[len(wire) - _STEP_REQUIRED:])
+            (result, code, position, attempts, started_at, finished_at, completed_seq,
+             has_compensation, error, retry_at, comp, delays, parent, index) = wire
+            record = cls(
+                name, position, _STEP_STATUSES[code], attempts, parent, index, result,
+                _error(error), started_at, finished_at, retry_at, completed_seq,
+                has_compensation, None if comp is None else CompensationRecord.from_wire(comp),
+                tuple(delays),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise SerializationError(f"corrupt step record: {exc}") from exc
+        object.__setattr__(record, "_wire", data)
+        return record
+
+    @classmethod
+    def _from_map(cls, wire: dict[str, Any]) -> StepRecord:
+        """A record as release 0.1.0 wrote it: a map of every field by name."""
         try:
             comp = wire.pop("compensation")
             error = wire.pop("error")
             delays = wire.pop("delays")
             return cls(
                 **wire,
-                error=ErrorInfo.from_wire(error) if error else None,
+                error=_error(error),
                 compensation=None if comp is None else CompensationRecord(
-                    comp[0], comp[1],
-                    ErrorInfo.from_wire(comp[2]) if comp[2] else None,
-                    comp[3], comp[4],
+                    comp[0], comp[1], _error(comp[2]), comp[3], comp[4],
                 ),
                 delays=tuple(delays),
             )
         except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise SerializationError(f"corrupt step record: {exc}") from exc
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(StepRecord) if f.init)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ Timeline of a holder cut off from Redis (T = 30 s)::
 
 One daemon thread keeps the schedule and never does store I/O: renewals run on a
 few daemon threads (at most one renewal in flight per lease), so a renewal stuck
-on a cut network cannot delay anyone's validity deadline. A renewal refused with
-LeaseLost sets the lost flag at once; one that reports a cancel request forwards
-it; any other error is retried until validity ends.
+on a cut network cannot delay anyone's validity deadline. ``keep()`` wakes it only
+for a lease due before the time it sleeps until, ``drop()`` never: deliveries
+shorter than a third of the TTL, one after the other, do not wake it each. A
+renewal refused with LeaseLost sets the lost flag at once; one that reports a
+cancel request forwards it; any other error is retried until validity ends.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -117,6 +120,7 @@ class LeaseKeeper:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._renewers = _Renewers(RENEWERS)
+        self._sleeping_until = -math.inf  # -inf: awake, it looks at every lease
 
     def _after_fork(self) -> None:
         """A forked child (a Celery pool process, an RQ work horse) holds none of its
@@ -125,6 +129,12 @@ class LeaseKeeper:
         self._wakeup = threading.Condition()
         self._thread = None
         self._renewers = _Renewers(RENEWERS)
+        self._sleeping_until = -math.inf
+
+    def _wake_for(self, held: _Held) -> None:
+        """Wake the loop if ``held`` is due before it would wake (lock held)."""
+        if min(held.due, held.valid_until) < self._sleeping_until:
+            self._wakeup.notify()
 
     def keep(
         self,
@@ -160,10 +170,13 @@ class LeaseKeeper:
                     target=self._loop, name="kompensa-lease-keeper", daemon=True
                 )
                 self._thread.start()
-            self._wakeup.notify()
+            else:
+                self._wake_for(held)
         return handle
 
     def drop(self, handle: int) -> None:
+        """Stop renewing; the loop is not woken (it finds the lease gone when it
+        wakes for it, if nothing else is due first)."""
         with self._wakeup:
             self._held.pop(handle, None)
 
@@ -187,7 +200,9 @@ class LeaseKeeper:
                          for h in self._held.values()),
                         default=now + 60,
                     )
-                    self._wakeup.wait(max(wake - now, 0.001))
+                    self._sleeping_until = max(wake, now + 0.001)
+                    self._wakeup.wait(self._sleeping_until - now)
+                    self._sleeping_until = -math.inf
                     continue
             for _, held in expired:
                 logger.warning(
@@ -218,7 +233,7 @@ class LeaseKeeper:
             with self._wakeup:
                 held.renewing = False
                 held.due = time.monotonic() + min(1.0, held.lease.ttl / 10)
-                self._wakeup.notify()
+                self._wake_for(held)
             return
         with self._wakeup:
             held.renewing = False
@@ -226,7 +241,7 @@ class LeaseKeeper:
             if current:
                 held.valid_until = max(held.valid_until, lease_validity(sent, held.lease.ttl))
                 held.due = sent + held.lease.ttl / 3
-                self._wakeup.notify()
+                self._wake_for(held)
         if not current:  # dropped, or its validity ended while the answer was on the way
             return
         if held.on_renewed is not None:

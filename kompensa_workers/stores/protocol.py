@@ -214,7 +214,7 @@ def execution_from_fields(key: str, fields: Mapping[str, bytes]) -> Execution:
         if status not in STATUSES:
             raise SerializationError(f"unknown status {status!r}")
         steps = tuple(
-            StepRecord.from_bytes(value)
+            StepRecord.from_bytes(value, name[len(STEP_PREFIX):])
             for name, value in fields.items()
             if name.startswith(STEP_PREFIX)
         )
