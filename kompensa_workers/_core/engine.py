@@ -127,7 +127,7 @@ class ExecutionRun:
         self.store = store
         self.lease = Lease("", 0, store.lock_ttl)  # set when the claim is granted
         self.hooks = hooks
-        self.listening = bool(hooks._hooks)  # no event objects when nobody listens
+        self.listening = hooks.listening  # no event objects when nobody listens
         self.clock = clock
         self.journal = Journal(Execution(key, "", "running", ""))
         self.status: ExecutionStatus = "running"

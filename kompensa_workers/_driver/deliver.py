@@ -216,7 +216,7 @@ def deliver(
         opening.close()
     error = outcome.error if isinstance(outcome, Failed) else None
     delay = outcome.delay if isinstance(outcome, RetryLater) else None
-    if bool(hook._hooks):
+    if hook.listening:
         hook.on_saga_end(SagaEvent(key, name, run.status, error=error, delay=delay))
     return outcome
 
@@ -261,7 +261,7 @@ class _Opening:
         execution = claim.execution
         valid_until = lease_validity(sent_at, claim.lease.ttl)
         run.begin(execution, claim.lease, valid_until, intent if claim.started else ())
-        if hook._hooks:
+        if hook.listening:
             resumed = not claim.started and (execution.deliveries > 1 or bool(execution.steps))
             hook.on_saga_start(SagaEvent(o.key, o.name, execution.status, resumed=resumed))
         self._kept = keeper.keep(
