@@ -49,7 +49,9 @@ class FlakyStore:
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
         # The write that records the step's success (its intent went earlier).
         record = write.steps.get(f"step:{self.fail_on_step}")
-        if not self.failed and record and StepRecord.from_bytes(record).status == "succeeded":
+        name = self.fail_on_step
+        succeeded = record and StepRecord.from_bytes(record, name=name).status == "succeeded"
+        if not self.failed and succeeded:
             self.failed = True
             if self.lands:  # the write landed, the reply was lost
                 self.store.commit(key, lease, write)
