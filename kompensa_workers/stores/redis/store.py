@@ -33,8 +33,9 @@ from .keys import (
 )
 from .redlock import Redlock
 from .refusals import TRANSIENT, classify, refusal
-from .scripts import register
+from .scripts import NAMES
 from .server import ServerCheck
+from .wire import ScriptCaller
 
 __all__ = ["RedisStore"]
 
@@ -97,7 +98,7 @@ class RedisStore:
         self.lock = lock
         self.max_value_bytes = max_value_bytes
         self.write_timeout = lock_ttl / 2 if write_timeout is None else write_timeout
-        self._scripts = register(client)
+        self._call = ScriptCaller(client, NAMES)
         self._index = index_key(self.namespace)
         self._recovered = recovered_key(self.namespace)
         self._server = ServerCheck(client, strict=strict)
@@ -226,14 +227,14 @@ class RedisStore:
     def due(self, limit: int = 100) -> list[str]:
         """Non-terminal executions whose lease deadline has passed, oldest first."""
         keys = self._retrying(
-            lambda: self._scripts["due"](keys=[self._index], args=[limit]), "index"
+            lambda: self._call("due", [self._index], [limit]), "index"
         )
         return [k.decode() for k in keys]
 
     def take_due(self, limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
         keys = self._retrying(
-            lambda: self._scripts["take_due"](
-                keys=[self._index, self._recovered], args=[limit, _ms(hold), _ms(max_hold)]
+            lambda: self._call(
+                "take_due", [self._index, self._recovered], [limit, _ms(hold), _ms(max_hold)]
             ),
             "index",
         )
@@ -303,7 +304,7 @@ class RedisStore:
         if index:
             keys.append(self._index)
         keys.extend(extra_keys)
-        return self._retrying(lambda: self._scripts[name](keys=keys, args=list(args)), key)
+        return self._retrying(lambda: self._call(name, keys, args), key)
 
     def _retrying(self, call: Callable[[], T], key: str) -> T:
         """``call()``, retried through outages for ``write_timeout`` s; the server
