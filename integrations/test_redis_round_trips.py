@@ -14,7 +14,6 @@ from kompensa_workers import RedisStore, Saga, SagaRunner, Step
 
 from .servers import redis_servers
 
-
 # What a new connection sends once before its first command (redis-py: HELLO for
 # RESP3, CLIENT SETINFO): parallel children may open one more connection than the
 # warm-up did, once per process, not per saga.
