@@ -84,10 +84,15 @@ def test_every_field_comes_back(record: StepRecord) -> None:
 @given(records, values)
 def test_a_result_given_encoded_is_written_as_given(record: StepRecord, result: Any) -> None:
     # Given a record built from a result already encoded (how a step's success is)
-    made = record.with_result(encode(result), status="succeeded", attempts=2)
+    made = record.succeeded(result, encode(result), 2, NOW - 1, NOW, 7)
     # Then it reads back as the record built by hand with the decoded result,
     # and so does the same record with a compensation
-    expected = replace(record, result=decode(encode(result)), status="succeeded", attempts=2)
+    expected = replace(
+        record, result=decode(encode(result)), status="succeeded", attempts=2, error=None,
+        retry_at=None, started_at=record.started_at or NOW - 1, finished_at=NOW,
+        completed_seq=7,
+    )
+    assert type(made.result) is type(expected.result)
     assert StepRecord.from_bytes(made.to_bytes(), record.name) == expected == made
     comp = CompensationRecord("compensated", 1, finished_at=NOW)
     undone = made.with_compensation(comp)
@@ -215,3 +220,23 @@ def test_a_compact_record_needs_its_name() -> None:
 def test_a_corrupt_record_is_refused(wire: list[Any]) -> None:
     with pytest.raises(SerializationError, match="corrupt step record"):
         StepRecord.from_bytes(encode(wire), "reserve")
+
+
+@given(
+    st.integers(min_value=0, max_value=100_000), st.booleans(),
+    st.none() | st.text(min_size=1, max_size=10), st.integers(min_value=0, max_value=40),
+)
+def test_an_intent_is_the_record_the_constructor_makes(
+    position: int, undoable: bool, parent: str | None, index: int
+) -> None:
+    """The record of a step before its first attempt is made without __init__ (and
+    its wire form by hand below position 128): it equals, encodes and reads back as
+    the one the dataclass constructor makes."""
+    made = StepRecord.intent("pay", position, undoable, parent, index)
+    built = StepRecord(
+        name="pay", position=position, status="retrying", attempts=0, has_compensation=undoable,
+        parent=parent, index=index if parent is not None else 0,
+    )
+    assert made == built
+    assert made.to_bytes() == encode(decode(built.to_bytes())) == built.to_bytes()
+    assert StepRecord.from_bytes(made.to_bytes(), name="pay") == built

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import Context
+from types import FunctionType
 from typing import Any
 
 from ..errors import StepTimeout
@@ -142,7 +143,7 @@ def call_attempt(
 ) -> Any:
     """Run ``fn`` in ``context``; past ``timeout`` seconds raise StepTimeout. An
     ``async def`` ``fn`` is awaited (its timeout cancels it)."""
-    if inspect.iscoroutinefunction(fn):
+    if _may_be_async(fn) and inspect.iscoroutinefunction(fn):
         try:
             return context.run(_awaited, fn, args, kwargs, timeout)
         except AttemptDeadline:
@@ -160,6 +161,14 @@ def call_attempt(
             watch.disarm(deadline)
     except AttemptDeadline:
         raise StepTimeout(step, timeout) from None
+
+
+def _may_be_async(fn: Callable[..., Any]) -> bool:
+    """False for a plain ``def`` function (the common step), without inspect's walk
+    through wrappers and partials; True for anything inspect must look at."""
+    if type(fn) is not FunctionType:
+        return True
+    return bool(fn.__code__.co_flags & inspect.CO_COROUTINE) or bool(fn.__dict__)
 
 
 def _awaited(

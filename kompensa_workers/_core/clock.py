@@ -7,6 +7,7 @@ so tests can swap in :class:`kompensa_workers.testing.FakeClock`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Clock", "SystemClock"]
@@ -32,3 +33,9 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def time_reader(clock: Clock) -> Callable[[], float]:
+    """``clock.time``, or ``time.time`` itself for the system clock (one call
+    fewer each time the engine reads the clock)."""
+    return time.time if type(clock) is SystemClock else clock.time

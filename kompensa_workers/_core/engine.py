@@ -28,8 +28,8 @@ from ..hooks import HookDispatcher, StepEvent
 from ..retry import DEFAULT_COMPENSATION_RETRY, NO_RETRY, Retry
 from ..stores.protocol import JournalWrite, Lease, Store
 from .attempt import call_attempt
-from .clock import Clock
-from .context import StepContext, _current
+from .clock import Clock, time_reader
+from .context import CancelFlag, StepContext, _current
 from .journal import Journal, Replay, Reraise, Wait
 from .records import Execution, ExecutionStatus, SagaFailure, StepRecord
 from .signals import (
@@ -47,7 +47,7 @@ Undo = tuple[Callable[[Any], Any], Retry]
 Opener = Callable[["ExecutionRun", tuple["StepRecord", ...]], None]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Succeeded:
     """The step returned; ``result`` is as replay will see it. ``record`` (and a
     ``status`` change) is not written yet: the caller defers or commits it."""
@@ -57,7 +57,7 @@ class Succeeded:
     status: ExecutionStatus | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Waiting:
     """The step failed and its next attempt is due in ``delay`` s (not yet written)."""
 
@@ -65,7 +65,7 @@ class Waiting:
     delay: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GaveUp:
     """The step failed for good (already written)."""
 
@@ -129,6 +129,7 @@ class ExecutionRun:
         self.hooks = hooks
         self.listening = hooks.listening  # no event objects when nobody listens
         self.clock = clock
+        self.now = time_reader(clock)
         self.journal = Journal(Execution(key, "", "running", ""))
         self.status: ExecutionStatus = "running"
         self.rolling_back = False
@@ -193,10 +194,10 @@ class ExecutionRun:
     def check_lease(self) -> None:
         """Refuse to start anything once the lease is lost, or once its validity has
         ended on this process's own clock (even before the lease keeper says so)."""
-        expired = self.valid_until is not None and time.monotonic() >= self.valid_until
-        if expired and not self.lease_lost:
-            self.lose_lease()
-        if self.lease_lost:
+        valid_until = self.valid_until
+        if self.lease_lost or (valid_until is not None and time.monotonic() >= valid_until):
+            if not self.lease_lost:
+                self.lose_lease()
             raise Abort(LeaseLost(self.key, self._lost_because()))
 
     def _lost_because(self) -> str:
@@ -205,9 +206,8 @@ class ExecutionRun:
         return "the heartbeat found it lost"
 
     def _set_flags(self) -> None:
-        with self._flags_mutex:
-            for flag in self._flags:
-                flag.set()
+        for flag in list(self._flags):  # list(set) runs in C: a consistent copy
+            flag.set()
 
     # -- journal writes --------------------------------------------------------
 
@@ -219,22 +219,24 @@ class ExecutionRun:
         failure: SagaFailure | None = None,
         lease_ttl: float | None = None,
         release: bool = False,
+        at: float | None = None,
     ) -> None:
-        """One fenced write, carrying any deferred step record with it. A refused
-        write aborts the delivery; a store that cannot be reached ends it too,
-        leaving the execution to resume later."""
+        """One fenced write, carrying any deferred step record with it (``at``: the
+        time it is made, if the caller just read the clock). A refused write aborts
+        the delivery; a store that cannot be reached ends it too, leaving the
+        execution to resume later."""
         if self.lease_lost:  # the heartbeat learned it first: write nothing more
             raise Abort(LeaseLost(self.key, self._lost_because()))
-        with self._flags_mutex:
-            deferred, self._deferred = self._deferred, []
-            if status is None:
-                status = self._deferred_status
-            self._deferred_status = None
-        if deferred:
+        if self._deferred:
+            with self._flags_mutex:
+                deferred, self._deferred = self._deferred, []
+                if status is None:
+                    status = self._deferred_status
+                self._deferred_status = None
             records = (*deferred, *records)
         write = JournalWrite.build(
-            self.clock.time(), *records, status=status, result=result,
-            failure=failure, lease_ttl=lease_ttl, release=release,
+            self.now() if at is None else at, *records, status=status,
+            result=result, failure=failure, lease_ttl=lease_ttl, release=release,
         )
         try:
             cancel = self.store.commit(self.key, self.lease, write)
@@ -265,13 +267,13 @@ class ExecutionRun:
         if self._deferred:
             self.commit()
 
-    def ready(self, *intent: StepRecord) -> None:
+    def ready(self, *intent: StepRecord, at: float | None = None) -> None:
         """Before a first attempt: record the intent of steps that have no record
         yet, with any deferred record, in one write (none if neither is needed).
         A cancel that write reports stops the step from starting."""
         if not intent and not self._deferred:
             return
-        self.commit(*intent)
+        self.commit(*intent, at=at)
         if self.cancel_requested:
             raise CancelRequested()
 
@@ -296,12 +298,13 @@ class ExecutionRun:
             raise StopReplay()
         if self.cancel_requested:
             raise CancelRequested()
-        self.check_time()
+        if self.deadline is not None:
+            self.check_time()
 
     def check_time(self) -> None:
         """Past the delivery's time limit no new step or compensation starts: the
         execution is handed to a fresh delivery (RetryLater after 0 s)."""
-        if self.out_of_time():
+        if self.deadline is not None and time.monotonic() >= self.deadline:
             raise self.wait_for_retry(delay=0.0)
 
     def out_of_time(self) -> bool:
@@ -309,7 +312,8 @@ class ExecutionRun:
 
     def step(self, spec: Step) -> Any:
         """``saga.step``: replay, re-raise, wait, or run the step."""
-        refuse_nesting(spec.name)
+        if _current.get() is not None:
+            refuse_nesting(spec.name)
         if self._opener is not None:
             self.open(new_record(spec, 0))
         try:
@@ -317,7 +321,8 @@ class ExecutionRun:
         except NonDeterminismError as exc:
             self.flush()
             raise Diverged(exc) from None
-        plan = self.journal.plan(record, self.clock.time())
+        now = self.now()
+        plan = self.journal.plan(record, now)
         if isinstance(plan, Replay):
             self.remember(spec)
             return plan.result
@@ -328,10 +333,11 @@ class ExecutionRun:
             raise self.wait_for_retry(delay=plan.delay)
         if record is None:
             record = new_record(spec, position)
-            self.ready(record)
+            self.ready(record, at=now)
         else:
-            self.ready()
-        self.check_time()  # the write may have used up what was left
+            self.ready(at=now)
+        if self.deadline is not None:
+            self.check_time()  # the write may have used up what was left
         outcome = self.attempts(spec, record, plan.attempt, None)
         if isinstance(outcome, Waiting):
             raise self.wait_for_retry(outcome.record, delay=outcome.delay)
@@ -352,14 +358,17 @@ class ExecutionRun:
             self.watch(ctx.cancelled, group)
             if self.listening:
                 self.hooks.on_step_start(StepEvent(self.key, spec.name, attempt))
-            started_at, started = self.clock.time(), time.monotonic()
+                started = time.monotonic()
+            else:
+                started = 0.0  # only events report durations
+            started_at = self.now()
             try:
                 value = self.call(ctx, spec.fn, spec.args, spec.kwargs, spec.timeout)
             except Exception as exc:
                 duration = time.monotonic() - started
                 self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration, exc))
                 record, delay = self.journal.failed(
-                    base, attempt, exc, policy, started_at=started_at, now=self.clock.time()
+                    base, attempt, exc, policy, started_at=started_at, now=self.now()
                 )
                 if delay is None:
                     self.commit(record)
@@ -385,20 +394,21 @@ class ExecutionRun:
                 raise
             finally:
                 self.unwatch(ctx.cancelled, group)
-            duration = time.monotonic() - started
             try:
                 record, value = self.journal.succeeded(
-                    base, attempt, value, started_at=started_at, now=self.clock.time(),
+                    base, attempt, value, started_at=started_at, now=self.now(),
                     max_bytes=self.store.max_value_bytes,
                 )
             except SerializationError as exc:
                 record, _ = self.journal.failed(
-                    base, attempt, exc, NO_RETRY, started_at=started_at, now=self.clock.time()
+                    base, attempt, exc, NO_RETRY, started_at=started_at, now=self.now()
                 )
                 self.commit(record)
+                duration = time.monotonic() - started
                 self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration, exc))
                 return GaveUp(step_failed(spec.name, attempt, exc))
             if self.listening:
+                duration = time.monotonic() - started
                 self.hooks.on_step_end(StepEvent(self.key, spec.name, attempt, duration))
             return Succeeded(value, record, None if self.status == "running" else "running")
 
@@ -415,15 +425,21 @@ class ExecutionRun:
         return self._undo.get(name)
 
     def context(self, name: str, attempt: int, compensating: bool = False) -> StepContext:
-        suffix = ":compensate" if compensating else ""
-        return StepContext(
+        """The StepContext of an attempt (made without the frozen dataclass's
+        ``__init__``, which sets each field through ``object.__setattr__``)."""
+        ctx = object.__new__(StepContext)
+        ctx.__dict__.update(
             key=self.key,
             name=name,
             attempt=attempt,
-            idempotency_key=f"{self.key}:{name}{suffix}",
+            idempotency_key=(
+                f"{self.key}:{name}:compensate" if compensating else f"{self.key}:{name}"
+            ),
             fencing_token=self.lease.fence,
             compensating=compensating,
+            cancelled=CancelFlag(),
         )
+        return ctx
 
     def call(
         self,
@@ -447,8 +463,10 @@ class ExecutionRun:
         )
 
     def watch(self, flag: threading.Event, group: StopFlags | None) -> None:
-        with self._flags_mutex:
-            self._flags.add(flag)
+        # set.add and discard are atomic; _set_flags copies the set before setting.
+        # A cancel or a lost lease between add and the attempt's start is seen by
+        # call(), which checks both after this.
+        self._flags.add(flag)
         if group is not None:
             with group.mutex:
                 group.flags.add(flag)
@@ -456,8 +474,7 @@ class ExecutionRun:
                     flag.set()
 
     def unwatch(self, flag: threading.Event, group: StopFlags | None) -> None:
-        with self._flags_mutex:
-            self._flags.discard(flag)
+        self._flags.discard(flag)
         if group is not None:
             with group.mutex:
                 group.flags.discard(flag)
@@ -467,15 +484,7 @@ def new_record(
     spec: Step, position: int, parent: str | None = None, index: int = 0
 ) -> StepRecord:
     """The record of a step that has no attempt journaled yet."""
-    return StepRecord(
-        name=spec.name,
-        position=position,
-        status="retrying",
-        attempts=0,
-        parent=parent,
-        index=index,
-        has_compensation=spec.compensate is not None,
-    )
+    return StepRecord.intent(spec.name, position, spec.compensate is not None, parent, index)
 
 
 def step_failed(step: str, attempts: int, cause: BaseException) -> StepFailed:

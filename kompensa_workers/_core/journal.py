@@ -8,6 +8,7 @@ asks for (through ``ops.admin``) are pure functions of an Execution, at the end.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,28 +26,28 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Run:
     """Run attempt number ``attempt`` now."""
 
     attempt: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Wait:
     """The next attempt is due in ``delay`` seconds."""
 
     delay: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Replay:
     """The step completed earlier: return its journaled result."""
 
     result: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reraise:
     """The step failed for good earlier: raise the same StepFailed again."""
 
@@ -76,7 +77,9 @@ class Journal:
             execution.stalled_deliveries
         )
         self._stalled_rollback = execution.stalled_deliveries - self._stalled_forward
-        self._seq = max((s.completed_seq or 0 for s in execution.steps), default=0)
+        self._seqs = itertools.count(
+            max((s.completed_seq or 0 for s in execution.steps), default=0) + 1
+        )
 
     @property
     def key(self) -> str:
@@ -87,8 +90,12 @@ class Journal:
     def enter_step(self, name: str) -> tuple[int, StepRecord | None]:
         """Claim the next position for step ``name``; check it against the journal."""
         with self._mutex:
-            position = self._next_position([name])
-            recorded = self._at(position)
+            if name in self._called:
+                raise DuplicateStepName(self.key, name)
+            self._called.add(name)
+            position = self._position
+            self._position += 1
+            recorded = self._by_position.get(position)
             if recorded and (recorded[0].name != name or recorded[0].parent):
                 expected = recorded[0].parent or recorded[0].name
                 raise NonDeterminismError(self.key, position, expected, name)
@@ -185,20 +192,9 @@ class Journal:
     ) -> tuple[StepRecord, Any]:
         """The record of a successful attempt, and the result as replay will see it."""
         result_wire = encode(result, step=base.name, what="result")
-        with self._mutex:
-            self._seq += 1
-            seq = self._seq
+        seq = next(self._seqs)  # atomic: children of a group finish concurrently
         # Later deliveries replay the decoded value: this one must see the same.
-        record = base.with_result(
-            result_wire,
-            status="succeeded",
-            attempts=attempt,
-            error=None,
-            retry_at=None,
-            started_at=base.started_at or started_at,
-            finished_at=now,
-            completed_seq=seq,
-        )
+        record = base.succeeded(result, result_wire, attempt, started_at, now, seq)
         check_size(
             record.to_bytes(), max_bytes, what="result", step=base.name,
             type_name=type(result).__name__,
@@ -231,16 +227,16 @@ class Journal:
 
     def apply(self, *records: StepRecord) -> None:
         """Make written records part of this delivery's view."""
-        with self._mutex:
-            for record in records:
-                self._records[record.name] = record
+        records_by_name = self._records  # one item set each: atomic, no lock
+        for record in records:
+            records_by_name[record.name] = record
 
     # -- rollback -------------------------------------------------------------
 
     def owed_compensations(self, names: set[str] | None = None) -> list[StepRecord]:
         """Completed, undoable steps not yet undone: latest completion first."""
         owed = [
-            s for s in self._records.values()
+            s for s in list(self._records.values())  # a copy: children may apply
             if s.owes_compensation and (names is None or s.name in names)
         ]
         return sorted(owed, key=lambda s: s.completed_seq or 0, reverse=True)
@@ -291,7 +287,7 @@ class Journal:
     def compensation_errors(self) -> list[tuple[str, ErrorInfo]]:
         """Compensations that gave up, latest completion first."""
         failed = [
-            s for s in self._records.values()
+            s for s in list(self._records.values())  # a copy: children may apply
             if s.compensation and s.compensation.status == "failed"
         ]
         failed.sort(key=lambda s: s.completed_seq or 0, reverse=True)

@@ -128,7 +128,7 @@ class StepRecord:
     compensation: CompensationRecord | None = None
     delays: tuple[float, ...] = ()
     # Caches, never copied by dataclasses.replace (init=False): the record's wire
-    # form once made, and the result's as the codec wrote it (see with_result).
+    # form once made, and the result's as the codec wrote it (see succeeded).
     _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _result_wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -141,12 +141,51 @@ class StepRecord:
             and (self.compensation is None or self.compensation.status == "retrying")
         )
 
-    def with_result(self, result_wire: bytes, **changes: Any) -> StepRecord:
-        """This record with ``changes`` and the result encoded as ``result_wire``
-        (by the codec): ``result`` becomes the decoded value, the one a replay sees,
-        and :meth:`to_bytes` writes ``result_wire`` as it is."""
-        changes["result"] = decode(result_wire, what="result")
-        return self._evolve(changes, result_wire)
+    @classmethod
+    def intent(
+        cls, name: str, position: int, has_compensation: bool,
+        parent: str | None = None, index: int = 0,
+    ) -> StepRecord:
+        """The record of a step with no attempt yet (``retrying``, 0 attempts), made
+        without the dataclass ``__init__`` (once per step)."""
+        record = object.__new__(cls)
+        state = record.__dict__
+        state.update(_INTENT)
+        state["name"] = name
+        state["position"] = position
+        state["has_compensation"] = has_compensation
+        if parent is not None:
+            state["parent"] = parent
+            state["index"] = index
+        elif type(position) is int and 0 <= position < 128:  # its wire form, made here
+            state["_wire"] = _INTENT_WIRE[has_compensation] % position
+        return record
+
+    def succeeded(
+        self, result: Any, result_wire: bytes, attempts: int, started_at: float,
+        finished_at: float, completed_seq: int,
+    ) -> StepRecord:
+        """This record after a successful attempt whose ``result`` the codec
+        encoded as ``result_wire``: ``result`` becomes the value a replay will see
+        (decoded from ``result_wire``; a scalar the codec gives back as it is, None,
+        bool, int, float, str or bytes, is kept as it is), and :meth:`to_bytes`
+        writes ``result_wire`` as it is."""
+        if type(result) not in _SCALARS:
+            result = decode(result_wire, what="result")
+        record = object.__new__(type(self))
+        state = record.__dict__
+        state.update(self.__dict__)
+        state["result"] = result
+        state["status"] = "succeeded"
+        state["attempts"] = attempts
+        state["error"] = None
+        state["retry_at"] = None
+        state["started_at"] = self.started_at or started_at
+        state["finished_at"] = finished_at
+        state["completed_seq"] = completed_seq
+        state["_wire"] = None
+        state["_result_wire"] = result_wire
+        return record
 
     def with_compensation(self, compensation: CompensationRecord | None) -> StepRecord:
         """This record with ``compensation``; an encoded result is not encoded again."""
@@ -266,7 +305,17 @@ class StepRecord:
             raise SerializationError(f"corrupt step record: {exc}") from exc
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 _FIELD_NAMES = frozenset(f.name for f in fields(StepRecord) if f.init)
+# Every field at its default, as a record before any attempt has it (see intent).
+# The wire form of an intent outside a group at positions 0-127 (one-byte ints):
+# [nil, 0 (retrying), position, 0 attempts], and with has_compensation the items up
+# to it (started_at, finished_at, completed_seq: nil; true).
+_INTENT_WIRE = {False: b"\x94\xc0\x00%c\x00", True: b"\x98\xc0\x00%c\x00\xc0\xc0\xc0\xc3"}
+_INTENT: dict[str, Any] = {
+    **{f.name: f.default for f in fields(StepRecord) if f.name not in ("name", "position")},
+    "status": "retrying", "attempts": 0,
+}
 
 
 @dataclass(frozen=True)

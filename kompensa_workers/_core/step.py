@@ -49,22 +49,31 @@ class Step:
             raise ValueError(f"a step name must be non-empty UTF-8 text, got {name!r}")
         if not callable(fn):
             raise TypeError(f"step {name!r}: fn must be callable, got {fn!r}")
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "fn", fn)
+        init(self, "args", args)
+        init(self, "kwargs", kwargs)
+        init(self, "compensate", compensate)
+        init(self, "retry", retry)
+        init(self, "timeout", timeout)
+        init(self, "compensate_retry", compensate_retry)
+        if compensate is not None or retry is not None or timeout is not None or (
+            compensate_retry is not None
+        ):
+            self._check_options()
+
+    def _check_options(self) -> None:
+        name, compensate, timeout = self.name, self.compensate, self.timeout
         if compensate is not None and not callable(compensate):
             raise TypeError(f"step {name!r}: compensate must be callable, got {compensate!r}")
-        for label, policy in (("retry", retry), ("compensate_retry", compensate_retry)):
+        for label, policy in (("retry", self.retry), ("compensate_retry", self.compensate_retry)):
             if policy is not None and not isinstance(policy, Retry):
                 raise TypeError(f"step {name!r}: {label} must be a Retry, got {policy!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
-        ):
-            raise ValueError(f"step {name!r}: timeout must be seconds > 0, got {timeout!r}")
-        for slot, value in (
-            ("name", name), ("fn", fn), ("args", args), ("kwargs", kwargs),
-            ("compensate", compensate), ("retry", retry),
-            ("timeout", None if timeout is None else float(timeout)),
-            ("compensate_retry", compensate_retry),
-        ):
-            object.__setattr__(self, slot, value)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise ValueError(f"step {name!r}: timeout must be seconds > 0, got {timeout!r}")
+            object.__setattr__(self, "timeout", float(timeout))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Step is immutable")

@@ -145,11 +145,12 @@ class MemoryStore:
 
     def commit(self, key: str, lease: Lease, write: JournalWrite) -> bool:
         now = self._clock.time()
+        status = write.status
         with self._mutex:
             fields = self._check_holder(key, lease, now)
             fields.update(write.steps)
-            if write.status is not None:
-                fields["status"] = write.status.encode()
+            if status is not None:
+                fields["status"] = status.encode()
             if write.result is not None:
                 fields["result"] = write.result
             if write.failure is not None:
@@ -162,7 +163,7 @@ class MemoryStore:
             elif write.lease_ttl is not None:
                 self._leases[key].expires_at = now + write.lease_ttl
                 fields["open"] = b"0"
-            if fields["status"].decode() in EXPIRING:
+            if status in EXPIRING:  # a holder's execution had not ended before
                 self._expires[key] = now + self.retention
             return fields["cancel"] == b"1"
 

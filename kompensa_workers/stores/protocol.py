@@ -99,8 +99,10 @@ class JournalWrite:
         lease_ttl: float | None = None,
         release: bool = False,
     ) -> JournalWrite:
-        """Encode ``records`` and ``failure`` into a write."""
-        return cls(
+        """Encode ``records`` and ``failure`` into a write (made without the
+        dataclass ``__init__``: this is once per journal write)."""
+        write = object.__new__(cls)
+        write.__dict__.update(
             at=at,
             steps={STEP_PREFIX + r.name: r.to_bytes() for r in records},
             status=status,
@@ -109,6 +111,7 @@ class JournalWrite:
             lease_ttl=lease_ttl,
             release=release or status in TERMINAL,
         )
+        return write
 
 
 class Store(Protocol):
