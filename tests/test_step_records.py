@@ -240,3 +240,14 @@ def test_an_intent_is_the_record_the_constructor_makes(
     assert made == built
     assert made.to_bytes() == encode(decode(built.to_bytes())) == built.to_bytes()
     assert StepRecord.from_bytes(made.to_bytes(), name="pay") == built
+
+
+@given(records, values, st.floats(min_value=0, max_value=4e9), st.integers(1, 10**6))
+def test_a_success_record_is_written_as_the_generic_encoder_writes_it(
+    record: StepRecord, result: Any, finished: float, seq: int
+) -> None:
+    """A success's wire form is made on the spot for the usual shape (no group, no
+    delays, no compensation yet): the same bytes the generic encoder makes."""
+    made = record.succeeded(result, encode(result), 3, NOW, finished, seq)
+    generic = made.with_compensation(made.compensation)  # the same, encoded generically
+    assert made.to_bytes() == generic.to_bytes()

@@ -143,7 +143,7 @@ def call_attempt(
 ) -> Any:
     """Run ``fn`` in ``context``; past ``timeout`` seconds raise StepTimeout. An
     ``async def`` ``fn`` is awaited (its timeout cancels it)."""
-    if _may_be_async(fn) and inspect.iscoroutinefunction(fn):
+    if may_be_async(fn) and inspect.iscoroutinefunction(fn):
         try:
             return context.run(_awaited, fn, args, kwargs, timeout)
         except AttemptDeadline:
@@ -163,7 +163,7 @@ def call_attempt(
         raise StepTimeout(step, timeout) from None
 
 
-def _may_be_async(fn: Callable[..., Any]) -> bool:
+def may_be_async(fn: Callable[..., Any]) -> bool:
     """False for a plain ``def`` function (the common step), without inspect's walk
     through wrappers and partials; True for anything inspect must look at."""
     if type(fn) is not FunctionType:

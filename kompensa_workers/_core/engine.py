@@ -27,10 +27,10 @@ from ..errors import (
 from ..hooks import HookDispatcher, StepEvent
 from ..retry import DEFAULT_COMPENSATION_RETRY, NO_RETRY, Retry
 from ..stores.protocol import JournalWrite, Lease, Store
-from .attempt import call_attempt
+from .attempt import call_attempt, may_be_async
 from .clock import Clock, time_reader
 from .context import CancelFlag, StepContext, _current
-from .journal import Journal, Replay, Reraise, Wait
+from .journal import Journal, Replay, Reraise, Run, Wait
 from .records import Execution, ExecutionStatus, SagaFailure, StepRecord
 from .signals import (
     Abort,
@@ -315,7 +315,7 @@ class ExecutionRun:
         if _current.get() is not None:
             refuse_nesting(spec.name)
         if self._opener is not None:
-            self.open(new_record(spec, 0))
+            self.open(StepRecord.intent(spec.name, 0, spec.compensate is not None))
         try:
             position, record = self.journal.enter_step(spec.name)
         except NonDeterminismError as exc:
@@ -323,28 +323,34 @@ class ExecutionRun:
             raise Diverged(exc) from None
         now = self.now()
         plan = self.journal.plan(record, now)
-        if isinstance(plan, Replay):
-            self.remember(spec)
-            return plan.result
-        if isinstance(plan, Reraise):
-            raise plan.error
-        self.check_forward()
-        if isinstance(plan, Wait):  # delivered early: hand off again, wait the rest
+        if type(plan) is not Run:
+            if isinstance(plan, Replay):
+                self.remember(spec)
+                return plan.result
+            if isinstance(plan, Reraise):
+                raise plan.error
+            self.check_forward()
+            assert isinstance(plan, Wait)  # delivered early: hand off again, wait the rest
             raise self.wait_for_retry(delay=plan.delay)
+        assert isinstance(plan, Run)
+        self.check_forward()
         if record is None:
-            record = new_record(spec, position)
+            record = StepRecord.intent(spec.name, position, spec.compensate is not None)
             self.ready(record, at=now)
         else:
             self.ready(at=now)
         if self.deadline is not None:
             self.check_time()  # the write may have used up what was left
         outcome = self.attempts(spec, record, plan.attempt, None)
-        if isinstance(outcome, Waiting):
-            raise self.wait_for_retry(outcome.record, delay=outcome.delay)
-        if isinstance(outcome, GaveUp):
+        if type(outcome) is not Succeeded:
+            if isinstance(outcome, Waiting):
+                raise self.wait_for_retry(outcome.record, delay=outcome.delay)
+            assert isinstance(outcome, GaveUp)
             raise outcome.error
+        assert isinstance(outcome, Succeeded)
         self.defer(outcome.record, outcome.status)
-        self.remember(spec)
+        if spec.compensate is not None:
+            self.remember(spec)
         return outcome.result
 
     def attempts(
@@ -355,7 +361,10 @@ class ExecutionRun:
         while True:
             self.check_lease()  # every attempt: a retry, a parallel child
             ctx = self.context(spec.name, attempt)
-            self.watch(ctx.cancelled, group)
+            if group is None:  # watch(), inline: this is once per attempt
+                self._flags.add(ctx.cancelled)
+            else:
+                self.watch(ctx.cancelled, group)
             if self.listening:
                 self.hooks.on_step_start(StepEvent(self.key, spec.name, attempt))
                 started = time.monotonic()
@@ -393,7 +402,10 @@ class ExecutionRun:
                     group.stop()
                 raise
             finally:
-                self.unwatch(ctx.cancelled, group)
+                if group is None:
+                    self._flags.discard(ctx.cancelled)
+                else:
+                    self.unwatch(ctx.cancelled, group)
             try:
                 record, value = self.journal.succeeded(
                     base, attempt, value, started_at=started_at, now=self.now(),
@@ -457,6 +469,8 @@ class ExecutionRun:
             timeout = left if timeout is None else min(timeout, left)
         context = contextvars.copy_context()
         context.run(_current.set, ctx)
+        if timeout is None and not may_be_async(fn):
+            return context.run(fn, *args, **kwargs)
         return call_attempt(
             context, fn, args, kwargs, step=ctx.name, timeout=timeout,
             cancelled=ctx.cancelled,

@@ -26,28 +26,28 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """Run attempt number ``attempt`` now."""
 
     attempt: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Wait:
     """The next attempt is due in ``delay`` seconds."""
 
     delay: float
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Replay:
     """The step completed earlier: return its journaled result."""
 
     result: Any
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Reraise:
     """The step failed for good earlier: raise the same StepFailed again."""
 
@@ -55,6 +55,7 @@ class Reraise:
 
 
 Plan = Run | Wait | Replay | Reraise
+FIRST_RUN = Run(1)
 
 
 class Journal:
@@ -137,6 +138,8 @@ class Journal:
     def plan(self, record: StepRecord | None, now: float) -> Plan:
         """What to do at a step call, given its record (a Run counts attempts lost
         with a dead worker, as :meth:`plan_group` does)."""
+        if record is None and not self._stalled_forward:
+            return FIRST_RUN  # a step never tried: the common case
         plan = self._plan(record, now)
         if isinstance(plan, Run) and self._stalled_forward:
             plan = Run(plan.attempt + self._take_lost(rollback=False))

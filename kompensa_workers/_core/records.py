@@ -183,8 +183,21 @@ class StepRecord:
         state["started_at"] = self.started_at or started_at
         state["finished_at"] = finished_at
         state["completed_seq"] = completed_seq
-        state["_wire"] = None
         state["_result_wire"] = result_wire
+        if self.parent is None and not self.index and not self.delays and (
+            self.compensation is None
+        ):
+            # The usual shape, written out here: [result, 1 (succeeded), position,
+            # attempts, started_at, finished_at, completed_seq(, True)].
+            items = [1, self.position, attempts, state["started_at"], finished_at,
+                     completed_seq]
+            if self.has_compensation:
+                items.append(True)
+            state["_wire"] = b"".join((
+                bytes((_FIXARRAY | (len(items) + 1),)), result_wire, encode(items)[1:]
+            ))
+        else:
+            state["_wire"] = None
         return record
 
     def with_compensation(self, compensation: CompensationRecord | None) -> StepRecord:

@@ -7,6 +7,8 @@ Redis key is one-to-one: ``("a:b", "c")`` and ``("a", "b:c")`` never meet.
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["index_key", "journal_key", "journal_key_name", "validate_namespace"]
 
 
@@ -28,6 +30,7 @@ def journal_key_name(escaped: str) -> str:
     return escaped.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
 
 
+@functools.lru_cache(maxsize=4096)  # each delivery asks for it once per write
 def journal_key(namespace: str, key: str) -> str:
     """The hash holding one execution's journal and lease."""
     return f"{namespace}:{{{_escape(key)}}}:journal"

@@ -103,6 +103,18 @@ class RedisStore:
         self._recovered = recovered_key(self.namespace)
         self._server = ServerCheck(client, strict=strict)
 
+    @property
+    def retention(self) -> float:
+        """Seconds an ended execution's record is kept (``compensation_failed``
+        ones are kept until resolved)."""
+        return self._retention
+
+    @retention.setter
+    def retention(self, seconds: float) -> None:
+        number("RedisStore", "retention", seconds, inclusive=False)
+        self._retention = float(seconds)
+        self._retention_ms = str(_ms(self._retention))  # as every commit sends it
+
     @classmethod
     def from_url(cls, url: str, *, socket_timeout: float = 5.0, **options: Any) -> RedisStore:
         """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``.
@@ -177,7 +189,7 @@ class RedisStore:
         args: list[str | bytes] = [key, " ".join((
             lease.token, str(lease.fence), _write_id(), write.status or "-", repr(write.at),
             "-" if write.lease_ttl is None else str(_ms(write.lease_ttl)),
-            "1" if write.release else "0", str(_ms(self.retention)),
+            "1" if write.release else "0", self._retention_ms,
         ))]
         for pair in write.steps.items():
             args += pair

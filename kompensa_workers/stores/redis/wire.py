@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,6 +65,19 @@ def pack_resp(words: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+# How many forks made this process (0 in the one that imported this first): a
+# caller made before the last fork drops the connections it holds.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class ScriptCaller:
     """Calls the named Lua scripts of ``scripts.py`` on ``client``'s server.
 
@@ -84,13 +96,14 @@ class ScriptCaller:
             for name, text in self._sources.items()
         }
         self._idle: list[tuple[Any, float]] = []
-        self._pid = os.getpid()
-        self._fork_lock = threading.Lock()
+        self._forks = _forks
 
     def __call__(self, name: str, keys: Sequence[Word], args: Sequence[Word]) -> Any:
         words = [b"EVALSHA", self._shas[name], b"%d" % len(keys)]
-        words += map(_word, keys)
-        words += map(_word, args)
+        words += [w.encode() if type(w) is str else _word(w) for w in keys]
+        words += [
+            w if type(w) is bytes else w.encode() if type(w) is str else _word(w) for w in args
+        ]
         if self.client.connection is not None:  # a single-connection client: its path
             try:
                 return self.client.execute_command(  # type: ignore[no-untyped-call]
@@ -122,10 +135,8 @@ class ScriptCaller:
         return connection.read_response()
 
     def _take(self) -> Any:
-        if self._pid != os.getpid():
-            with self._fork_lock:  # the parent's sockets are not this process's
-                if self._pid != os.getpid():
-                    self._idle, self._pid = [], os.getpid()
+        if self._forks != _forks:  # the parent's sockets are not this process's
+            self._idle, self._forks = [], _forks
         try:
             connection, used = self._idle.pop()
         except IndexError:
