@@ -31,7 +31,7 @@ from .attempt import call_attempt, may_be_async
 from .clock import Clock, time_reader
 from .context import CancelFlag, StepContext, _current
 from .journal import Journal, Replay, Reraise, Run, Wait
-from .records import Execution, ExecutionStatus, SagaFailure, StepRecord
+from .records import EXPIRING, Execution, ExecutionStatus, SagaFailure, StepRecord
 from .signals import (
     Abort,
     CancelRequested,
@@ -136,6 +136,9 @@ class ExecutionRun:
         self.cancel_requested = False
         self.lease_lost = False
         self._opener: Opener | None = opener
+        # The dispatch record an end that expires keeps (the message's broker and
+        # id, not its arguments); None: leave the record as claimed.
+        self.end_dispatch: bytes | None = None
         self._intent_written = False  # the claim wrote the first step's intent
         # A step's success waits to ride on the next write (the next step's intent,
         # or the end): one round trip per step instead of two.
@@ -237,6 +240,7 @@ class ExecutionRun:
         write = JournalWrite.build(
             self.now() if at is None else at, *records, status=status,
             result=result, failure=failure, lease_ttl=lease_ttl, release=release,
+            dispatch=self.end_dispatch if status in EXPIRING else None,
         )
         try:
             cancel = self.store.commit(self.key, self.lease, write)

@@ -199,6 +199,7 @@ def deliver(
         store=store, key=key, hooks=hook, clock=clock, opener=opening,
         default_retry=retry, deadline=deadline,
     )
+    run.end_dispatch = _end_dispatch(dispatch)
     try:
         outcome = _drive(run, fn, args, kwargs, max_deliveries)
     except Unclaimed as signal:
@@ -326,6 +327,15 @@ def _refuse_blocking_a_running_loop(fn: SagaFunction, key: str) -> None:
         "`await runner.arun(fn, ...)` or `await kompensa_workers.arun(fn, ...)`; "
         "nothing was recorded"
     )
+
+
+def _end_dispatch(dispatch: Mapping[str, Any] | None) -> bytes | None:
+    """What an execution that ended (and expires) keeps of its dispatch record: the
+    broker and the message id, which tell a later copy of the message that it was
+    this one that ended it. The arguments go: they are what makes the record big."""
+    if dispatch is None or "broker" not in dispatch or "id" not in dispatch:
+        return None
+    return encode({"broker": dispatch["broker"], "id": dispatch["id"]}, what="dispatch")
 
 
 def _fingerprint(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

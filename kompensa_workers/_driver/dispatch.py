@@ -47,13 +47,16 @@ class Dispatch:
     @classmethod
     def from_record(cls, record: Any) -> Dispatch | None:
         """The journaled structure again (also as 0.1 wrote it: ``task`` / ``actor``
-        / ``func`` for the name, a top-level ``queue`` and ``meta``); None when the
+        / ``func`` for the name, a top-level ``queue`` and ``meta``; and as an
+        execution that ended keeps it: ``broker`` and ``id`` only); None when the
         execution was not sent through a broker."""
         if not isinstance(record, Mapping) or not isinstance(record.get("broker"), str):
             return None
         options = dict(record.get("options") or {})
         name = record.get("name")
-        if name is None:  # as 0.1 journaled it
+        if name is None and not {"task", "actor", "func"} & record.keys():
+            name = ""  # an execution that ended keeps only its broker and message id
+        elif name is None:  # as 0.1 journaled it
             name = record.get("task") or record.get("actor") or record.get("func")
             if record["broker"] == "dramatiq":
                 options = {"queue": record.get("queue"), "message": options}

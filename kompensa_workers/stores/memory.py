@@ -155,6 +155,8 @@ class MemoryStore:
                 fields["result"] = write.result
             if write.failure is not None:
                 fields["error"] = write.failure
+            if write.dispatch is not None:
+                fields["dispatch"] = write.dispatch
             fields["updated_at"] = repr(write.at).encode()
             fields["stalled"] = b"0"  # progress: earlier crashes are accounted for
             if write.release:

@@ -78,7 +78,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class JournalWrite:
-    """One fenced journal write, already encoded (encoding errors surface before I/O)."""
+    """One fenced journal write, already encoded (encoding errors surface before I/O).
+
+    ``dispatch`` replaces the execution's dispatch record: an end that expires keeps
+    only what names the message (``broker`` and ``id``), not its arguments, so the
+    record kept for the retention period stays small.
+    """
 
     at: float
     steps: Mapping[str, bytes] = field(default_factory=dict)
@@ -87,6 +92,7 @@ class JournalWrite:
     failure: bytes | None = None
     lease_ttl: float | None = None
     release: bool = False
+    dispatch: bytes | None = None
 
     @classmethod
     def build(
@@ -98,6 +104,7 @@ class JournalWrite:
         failure: SagaFailure | None = None,
         lease_ttl: float | None = None,
         release: bool = False,
+        dispatch: bytes | None = None,
     ) -> JournalWrite:
         """Encode ``records`` and ``failure`` into a write (made without the
         dataclass ``__init__``: this is once per journal write)."""
@@ -110,6 +117,7 @@ class JournalWrite:
             failure=failure.to_bytes() if failure else None,
             lease_ttl=lease_ttl,
             release=release or status in TERMINAL,
+            dispatch=dispatch,
         )
         return write
 

@@ -189,7 +189,9 @@ class RedisStore:
         args: list[str | bytes] = [key, " ".join((
             lease.token, str(lease.fence), _write_id(), write.status or "-", repr(write.at),
             "-" if write.lease_ttl is None else str(_ms(write.lease_ttl)),
-            "1" if write.release else "0", self._retention_ms,
+            "c" if write.release and write.dispatch is not None
+            else "1" if write.release else "0",
+            self._retention_ms,
         ))]
         for pair in write.steps.items():
             args += pair
@@ -197,6 +199,8 @@ class RedisStore:
             args += ("result", write.result)
         if write.failure is not None:
             args += ("error", write.failure)
+        if write.dispatch is not None:
+            args += ("dispatch", write.dispatch)
         reply = self._script("commit", key, args)
         if reply < 0:
             raise LeaseLost(key, _LOST[reply])

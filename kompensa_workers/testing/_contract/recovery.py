@@ -89,3 +89,20 @@ class RecoveryScenarios(ContractBase):
         assert first.execution.fingerprint == "as delivered"
         store.release("k", first.lease)
         assert self.claim(store, fp="other").state == "conflict"  # a different order, same key
+
+    def test_an_end_that_expires_keeps_the_dispatch_it_is_given(self, store: Any) -> None:
+        # The end of a broker-sent execution replaces its dispatch record with the
+        # broker and message id only (the arguments are not needed once it ended).
+        store.expect("k", saga="s", dispatch=encode(SENT), within=60, at=time.time())
+        granted = store.claim("k", saga="s", fingerprint="fp", lease_token=None,
+                              lock_ttl=self.lock_ttl, at=time.time(), dispatch=encode(SENT))
+        kept = {"broker": "celery", "id": "t-1"}
+        store.commit("k", granted.lease, write(
+            step("a", result="x" * 300), status="succeeded", result=b"\xa2ok",
+            dispatch=encode(kept),
+        ))
+        ended = store.get("k")
+        assert ended.dispatch == kept
+        assert ended.status == "succeeded" and ended.result == "ok"
+        assert [s.result for s in ended.steps] == ["x" * 300]
+        assert store.due() == [] and "k" in list(store.keys())

@@ -9,9 +9,10 @@
 -- ARGV[2] - eight words, space-separated (one argument: fewer to send and parse):
 --           lease token, fencing token, write id, new status ('-' keeps it),
 --           update time for display (client clock, seconds), stretch the lease to
---           this many ms from now ('-' keeps it), '1' releases the lease (finish)
---           else '0', retention of an expiring terminal record (ms)
--- ARGV[3..] - field, value pairs (step:<name>, result, error)
+--           this many ms from now ('-' keeps it), '1' releases the lease (finish),
+--           'c' releases it and compacts the record (below), else '0',
+--           retention of an expiring terminal record (ms)
+-- ARGV[3..] - field, value pairs (step:<name>, result, error, dispatch)
 -- returns the cancel flag (0 or 1) on success, or when the lease is not held
 --         -1 (no lease is held), -2 (another worker took it over), -3 (expired)
 
@@ -40,7 +41,7 @@ else
   redis.call('HSET', journal, 'updated_at', at, 'stalled', 0, 'last_write', write_id)
   status = redis.call('HGET', journal, 'status')
 end
-if release == '1' then
+if release == '1' or release == 'c' then
   redis.call('HDEL', journal, 'lease_token', 'lease_until')
   redis.call('HSET', journal, 'open', 0)
 elseif stretch ~= '-' then
@@ -55,5 +56,18 @@ elseif status == 'compensation_failed' then  -- waits for a person: never expire
   redis.call('ZREM', index, key)
 elseif release == '1' then  -- released but not finished: recoverable at once
   redis.call('ZADD', index, now, key)
+end
+if release == 'c' then
+  -- The end replaced a long value (the dispatch record with the message's
+  -- arguments) by a short one. A hash that once held a long value stays in
+  -- Redis's hashtable encoding; written afresh it is a listpack again (about a
+  -- third of the memory) when every value is short. Once per execution.
+  local fields = redis.call('HGETALL', journal)
+  local ttl = redis.call('PTTL', journal)
+  redis.call('DEL', journal)
+  for first = 1, #fields, 512 do
+    redis.call('HSET', journal, unpack(fields, first, math.min(first + 511, #fields)))
+  end
+  if ttl > 0 then redis.call('PEXPIRE', journal, ttl) end
 end
 return tonumber(redis.call('HGET', journal, 'cancel') or '0')
