@@ -128,6 +128,11 @@ class ServerCheck:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
+    @property
+    def passed(self) -> bool:
+        """Whether the server's settings have been checked and found fit."""
+        return self._passed
+
     def ensure(self) -> None:
         """Check the server unless it has passed (redis-py errors propagate)."""
         if self._passed:

@@ -147,7 +147,7 @@ class RedisStore:
         must_exist: bool = False,
         intent: Mapping[str, bytes] | None = None,
     ) -> Claim:
-        token = secrets.token_hex(16)
+        token = _unique_id()
         ttl, forced = lock_ttl, "0"
         if self.lock is not None:
             grant = self.lock.acquire(
@@ -320,6 +320,11 @@ class RedisStore:
         if index:
             keys.append(self._index)
         keys.extend(extra_keys)
+        if self._server.passed:  # the usual case: one call, nothing to retry
+            try:
+                return self._call(name, keys, args)
+            except _RETRIED:
+                pass  # the loop below tries again, and decides what the error means
         return self._retrying(lambda: self._call(name, keys, args), key)
 
     def _retrying(self, call: Callable[[], T], key: str) -> T:
@@ -331,7 +336,7 @@ class RedisStore:
             try:
                 self._server.ensure()
                 return call()
-            except (*TRANSIENT, redis.ResponseError) as exc:
+            except _RETRIED as exc:
                 refused = refusal(exc, self.client)
                 if refused is not None:
                     raise refused from exc
@@ -355,22 +360,30 @@ class RedisStore:
                 raise
 
 
+_RETRIED = (*TRANSIENT, redis.ResponseError)
 _LOST = {-1: "no lease is held", -2: "another worker took the lease over",
          -3: "the lease expired"}
-_write_ids = itertools.count()
-_WRITER = secrets.token_hex(6)  # with a counter: unique write ids, no syscall each
+_ids = itertools.count()
+# This process's random prefix: with a counter, unique lease tokens and write ids
+# (a token is compared to the one the journal holds, never guessed at), without a
+# call for random bytes each time.
+_PREFIX = secrets.token_hex(8)
+
+
+def _unique_id() -> str:
+    return f"{_PREFIX}{next(_ids):x}"
 
 
 def _write_id() -> str:
-    return f"{_WRITER}{next(_write_ids):x}"
+    return f"{_PREFIX}{next(_ids):x}"
 
 
-def _renew_writer() -> None:
-    global _WRITER
-    _WRITER = secrets.token_hex(6)
+def _renew_prefix() -> None:
+    global _PREFIX
+    _PREFIX = secrets.token_hex(8)
 
 
-os.register_at_fork(after_in_child=_renew_writer)
+os.register_at_fork(after_in_child=_renew_prefix)
 
 
 def _ms(seconds: float) -> int:
