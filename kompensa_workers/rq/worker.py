@@ -9,6 +9,7 @@ from typing import Any
 from rq import Queue, Worker
 from rq.job import Job
 
+from .._driver import tracing
 from .._driver.recovery import recovery_thread
 from .._driver.refusals import check_journals
 from ..stores.protocol import Store
@@ -39,6 +40,7 @@ class SagaWorker(Worker):
         # A journal that refuses this worker (password, TLS, eviction) is said now.
         names = set(self.queue_names())
         check_journals(j.saga for j in declared() if j.queue.name in names)
+        tracing.preload()  # once here, not in every work horse
         stop = recovery_thread(self._recover, self.recovery_interval)
         try:
             return bool(super().work(*args, **kwargs))
