@@ -41,16 +41,39 @@ local terminal = {succeeded = true, compensated = true, compensation_failed = tr
                   cancelled = true}
 local peek = forced == 'peek'
 
-if (presented ~= '' or must_exist == '1') and redis.call('EXISTS', journal) == 0 then
+local exists = redis.call('EXISTS', journal) == 1
+if (presented ~= '' or must_exist == '1') and not exists then
   return {'lost', 0}
 end
-if peek and redis.call('EXISTS', journal) == 0 then
+if peek and not exists then
   return {'busy', ttl}
+end
+if not exists and #ARGV <= 512 then
+  -- A new execution, the usual first claim: the whole record in one write (the
+  -- general path below reaches the same fields).
+  local record = {'saga', saga, 'fingerprint', fingerprint, 'status', 'running',
+                  'created_at', at, 'updated_at', at, 'fence', 1, 'deliveries', 1,
+                  'stalled', 0, 'open', 1, 'cancel', 0, 'grants', at .. ' 1 new\n',
+                  'lease_token', new_token, 'lease_until', now + ttl}
+  if ARGV[5] ~= '' then
+    table.insert(record, 'dispatch')
+    table.insert(record, ARGV[5])
+  end
+  for i = 6, #ARGV do
+    table.insert(record, ARGV[i])
+  end
+  redis.call('HSET', journal, unpack(record))
+  redis.call('ZADD', index, now + ttl, key)
+  redis.call('HDEL', KEYS[3], key)
+  if #ARGV > 5 then
+    return 2  -- fence 1, no cancel
+  end
+  return {'granted', 0, redis.call('HGETALL', journal)}
 end
 local started = false
 if peek then
   started = false
-elseif redis.call('EXISTS', journal) == 0 then
+elseif not exists then
   redis.call('HSET', journal, 'saga', saga, 'fingerprint', fingerprint,
              'status', 'running', 'created_at', at, 'updated_at', at,
              'fence', 0, 'deliveries', 0, 'stalled', 0, 'open', 0, 'cancel', 0)

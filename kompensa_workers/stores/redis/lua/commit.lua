@@ -31,15 +31,24 @@ if not head[3] then return -1 end
 if head[3] ~= token or head[4] ~= fence then return -2 end
 if tonumber(head[5]) <= now then return -3 end
 
-for first = 3, #ARGV, 512 do  -- in chunks: unpack() is limited by the Lua stack
-  redis.call('HSET', journal, unpack(ARGV, first, math.min(first + 511, #ARGV)))
+-- The write's pairs with the bookkeeping, in one HSET when they are few (unpack()
+-- is limited by the Lua stack: many are written in chunks first).
+local last = 3
+if #ARGV > 514 then
+  for first = 3, #ARGV, 512 do
+    redis.call('HSET', journal, unpack(ARGV, first, math.min(first + 511, #ARGV)))
+  end
+  last = #ARGV + 1  -- all written: none left for the HSET below
 end
 if status ~= '-' then
   redis.call('HSET', journal, 'updated_at', at, 'stalled', 0, 'last_write', write_id,
-             'status', status)
+             'status', status, unpack(ARGV, last, #ARGV))
 else
-  redis.call('HSET', journal, 'updated_at', at, 'stalled', 0, 'last_write', write_id)
-  status = redis.call('HGET', journal, 'status')
+  redis.call('HSET', journal, 'updated_at', at, 'stalled', 0, 'last_write', write_id,
+             unpack(ARGV, last, #ARGV))
+  if release ~= '0' or stretch ~= '-' then  -- only an end or a hand-off asks
+    status = redis.call('HGET', journal, 'status')
+  end
 end
 if release == '1' or release == 'c' then
   redis.call('HDEL', journal, 'lease_token', 'lease_until')
@@ -70,4 +79,4 @@ if release == 'c' then
   end
   if ttl > 0 then redis.call('PEXPIRE', journal, ttl) end
 end
-return tonumber(redis.call('HGET', journal, 'cancel') or '0')
+return tonumber(head[2] or '0')  -- nothing here changes the cancel flag
