@@ -21,8 +21,10 @@ Two figures:
 
 from __future__ import annotations
 
+import cProfile
 import gc
 import inspect
+import pstats
 import statistics
 import textwrap
 import time
@@ -223,6 +225,38 @@ def measure_overhead(store: str, runner: SagaRunner, iterations: int) -> Overhea
     return Overhead(store, saga, direct)
 
 
+PROFILE_RUNS, PROFILE_TOP = 1000, 15
+
+
+def profile_memory_steps(runs: int) -> list[str]:
+    """A cProfile of ``runs`` executions of the timed saga on `MemoryStore`, per
+    step: function calls by package, then the top functions by own time."""
+    from .journal_cpu import where  # the same short places as its profile
+
+    runner = SagaRunner(MemoryStore())
+    for _ in range(10):
+        runner.run(no_op_saga, TIMED_STEPS)
+    profiler = cProfile.Profile()
+    gc.collect()
+    profiler.runcall(lambda: [runner.run(no_op_saga, TIMED_STEPS) for _ in range(runs)])
+    table = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    steps = runs * TIMED_STEPS
+    by_package: Counter[str] = Counter()
+    for (filename, line, name), value in table.items():
+        place = where(filename, line, name)
+        package = "built-ins" if filename == "~" else place.split("/", 1)[0].split(":")[0]
+        by_package[package] += value[1]
+    total = sum(by_package.values())
+    lines = [f"{total / steps:.0f} function calls per step: " + ", ".join(
+        f"{package} {count / steps:.0f}" for package, count in by_package.most_common(4)
+    ), f"{'calls':>7} {'own µs':>8} {'cum µs':>8}  per step; function"]
+    ranked = sorted(table.items(), key=lambda item: -item[1][2])[:PROFILE_TOP]
+    for (filename, line, name), (_, count, own, cumulative, _) in ranked:
+        lines.append(f"{count / steps:7.2f} {own / steps * 1e6:8.2f} "
+                     f"{cumulative / steps * 1e6:8.2f}  {where(filename, line, name)}")
+    return lines
+
+
 @dataclass(frozen=True)
 class RedisBreakdown:
     wall_ns: list[int]
@@ -313,9 +347,11 @@ def overhead_section(overheads: list[Overhead], breakdown: RedisBreakdown,
     else:
         target = (f"**Target missed** on `MemoryStore`: {memory_step:.1f} µs of engine "
                   f"overhead per step (median) > {MEMORY_STEP_TARGET:g} µs: the engine's "
-                  "own Python around a step, with no I/O at all (`python -m "
-                  "benchmarks.journal_cpu --profile` shows where a saga's time goes on "
-                  "Redis).")
+                  "own Python around a step, with no I/O at all. Where it goes, a "
+                  f"cProfile of {PROFILE_RUNS:,} executions of the same saga (on "
+                  "cProfile's clock, which slows what it measures about threefold; "
+                  "`python -m benchmarks.journal_cpu --profile` shows a saga on Redis):"
+                  "\n\n```\n" + "\n".join(profile_memory_steps(PROFILE_RUNS)) + "\n```")
     closing = prose(
         f"""No target is set for the time on Redis; these figures are for sizing. On
         Redis a no-op step costs about {wall / per_step:.0f} µs all in (medians, the

@@ -292,8 +292,12 @@ def method(found: Measured, rounds: int, batch: int) -> str:
         new idempotency key. The server counted its round trips over
         {found.counted_over:,} warm-up executions: {found.trips_measured:g} per execution
         ({found.scripts:g} script calls), so the baseline is {found.trips} raw writes per
-        execution, each one `EVALSHA` through redis-py's `Script` (as the store's calls
-        are) of a script doing `HSET` of a 200-byte value and `PEXPIRE` on a fresh key.
+        execution, each one `EVALSHA` through redis-py's `Script` (as a user would write
+        a raw script call) of a script doing `HSET` of a 200-byte value and `PEXPIRE` on a
+        fresh key. The store's own calls do not go through redis-py's per-command layer
+        (each is one packed `EVALSHA` on a connection it keeps; see the README, "The
+        client side of a call"): the CPU that saves per call is part of the comparison,
+        as it is part of what a worker spends.
         {rounds} rounds, each a batch of {batch:,} sagas and a batch of {found.trips} ×
         {batch:,} raw writes (the order swapped every round; a full collection before
         each batch, the collector on during it). CPU is `time.process_time()`: every

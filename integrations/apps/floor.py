@@ -1,8 +1,9 @@
 """The floor a journaled saga is measured against: raw Redis writes of about the size
 of a journaled step, one round trip each, with nothing of the library around them.
 
-Each write is one ``EVALSHA`` (redis-py's ``Script``, as the journal's own calls are)
-of a script that does ``HSET`` of a 200-byte value and ``PEXPIRE`` on a fresh key.
+Each write is one ``EVALSHA`` (redis-py's ``Script``, as a user writes a raw script
+call; the journal's own calls take a shorter path, see ``stores/redis/wire.py``) of a
+script that does ``HSET`` of a 200-byte value and ``PEXPIRE`` on a fresh key.
 This module imports nothing of the library, so a benchmark can load it before it
 chooses which checkout of the library to import.
 """
