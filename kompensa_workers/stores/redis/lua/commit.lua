@@ -31,6 +31,8 @@ if not head[3] then return -1 end
 if head[3] ~= token or head[4] ~= fence then return -2 end
 if tonumber(head[5]) <= now then return -3 end
 
+-- An end that trims the dispatch record may make the hash compact again (below).
+local long_dispatch = release == 'c' and redis.call('HSTRLEN', journal, 'dispatch') > 64
 -- The write's pairs with the bookkeeping, in one HSET when they are few (unpack()
 -- is limited by the Lua stack: many are written in chunks first).
 local last = 3
@@ -66,11 +68,13 @@ elseif status == 'compensation_failed' then  -- waits for a person: never expire
 elseif release == '1' then  -- released but not finished: recoverable at once
   redis.call('ZADD', index, now, key)
 end
-if release == 'c' then
-  -- The end replaced a long value (the dispatch record with the message's
-  -- arguments) by a short one. A hash that once held a long value stays in
-  -- Redis's hashtable encoding; written afresh it is a listpack again (about a
-  -- third of the memory) when every value is short. Once per execution.
+-- The end replaced a long value (the dispatch record with the message's arguments)
+-- by a short one. A hash that once held a long value stays in Redis's hashtable
+-- encoding; written afresh it is a listpack again (about a third of the memory)
+-- when every value is short. Once per execution, and only when it is a hashtable
+-- (a server that cannot say, a Redis-compatible one, gets it rewritten anyway).
+local encoding = long_dispatch and redis.pcall('OBJECT', 'ENCODING', journal)
+if long_dispatch and encoding ~= 'listpack' and encoding ~= 'ziplist' then
   local fields = redis.call('HGETALL', journal)
   local ttl = redis.call('PTTL', journal)
   redis.call('DEL', journal)
