@@ -20,8 +20,14 @@ KEY = "kompensa_trace"  # the header / option / meta entry adapters use
 _last = threading.local()
 
 
+_loaded: Any = None  # the API once imported (every delivery asks)
+
+
 def _api() -> Any:
     """The OpenTelemetry API, if the process uses it; else None."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     if "opentelemetry.trace" not in sys.modules:
         return None
     try:
@@ -30,6 +36,7 @@ def _api() -> Any:
         import opentelemetry.trace
     except ImportError:  # pragma: no cover - half-installed
         return None
+    _loaded = opentelemetry
     return opentelemetry
 
 
