@@ -264,10 +264,9 @@ def verdict(found: Measured) -> str:
     return (f"**Goal missed** ({found.ratio:.2f}× > {GOAL}×): the saga costs its process "
             f"{saga - raw:.0f} µs of CPU more than its {found.trips} raw writes, {extra:.0f} "
             f"µs per step; at the goal it would be at most {raw * (GOAL - 1):.0f} µs. "
-            "That is Python around the same number of round trips: the engine, encoding "
-            "and decoding the journal, the store's code, redis-py's work on the store's "
-            "longer argument lists and replies, the lease keeper's thread; `--profile` "
-            "shows where.")
+            "That is Python around the same number of round trips: the engine (the "
+            "saga function's steps, the attempt, its records), encoding the journal, the "
+            "store's code and the reply's parsing; `--profile` shows where.")
 
 
 def profile_section(found: Profiled) -> str:
