@@ -308,7 +308,7 @@ class ExecutionRun:
     def check_time(self) -> None:
         """Past the delivery's time limit no new step or compensation starts: the
         execution is handed to a fresh delivery (RetryLater after 0 s)."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.out_of_time():
             raise self.wait_for_retry(delay=0.0)
 
     def out_of_time(self) -> bool:

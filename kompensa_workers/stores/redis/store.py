@@ -375,7 +375,7 @@ def _unique_id() -> str:
 
 
 def _write_id() -> str:
-    return f"{_PREFIX}{next(_ids):x}"
+    return _unique_id()
 
 
 def _renew_prefix() -> None:
