@@ -307,8 +307,9 @@ def summary(grown: list[Growth], singles: list[OneExecution]) -> str:
     )
     if steps:
         text += (f" Each step's record takes {min(steps)}–{max(steps)} bytes (field name "
-                 "and value) for a result of about ten: it is a self-describing map (name, "
-                 "status, attempts, times, result, error, compensation).")
+                 "and value) for a result of about ten: a positional array (result, status, "
+                 "position, attempts, start and end times, order of completion), with "
+                 "the items still at their defaults left off.")
     listpack = (f"a server with `hash-max-listpack-value 256` keeps it as a listpack, at "
                 f"{tuned:,.0f} bytes per execution ({1 - tuned / broker:.0%} less)")
     if journal is not None and journal.encoding == "hashtable":
