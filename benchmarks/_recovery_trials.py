@@ -158,7 +158,7 @@ class Bench:
         holds (in ms, by Redis's clock); no process can extend it any more."""
         if not self.scenario.saga:
             return None
-        deadline = self.harness.redis.zscore(index_key(self.harness.namespace), task_id)
+        deadline = self.harness.redis.zscore(index_key(self.harness.namespace, task_id), task_id)
         return None if deadline is None else float(deadline) / 1000 - killed_at
 
     def _watch(self, mark: int, task_id: str, killed: set[int], killed_at: float,

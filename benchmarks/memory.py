@@ -27,6 +27,7 @@ import redis
 
 from integrations.servers import RedisServer, redis_servers
 from kompensa_workers import Finished, RedisStore, Saga, SagaRunner, deliver
+from kompensa_workers.stores.redis.keys import PARTITIONS, index_key, journal_key
 
 from . import _report
 
@@ -175,11 +176,12 @@ def one_execution(server: RedisServer, way: Way) -> OneExecution:
     seen: list[int] = []
 
     def peek(saga: Saga, order_id: str) -> str:
-        saga.step("peek", lambda: seen.append(int(client.zcard(f"{NAMESPACE}:index"))))
+        saga.step("peek", lambda: seen.append(
+            int(client.zcard(index_key(NAMESPACE, "warm-up")))))
         return checkout(saga, order_id)
 
     SagaRunner(store).run(peek, "warm-up", idempotency_key="warm-up")  # loads scripts
-    client.delete(f"{NAMESPACE}:{{warm-up}}:journal")
+    client.delete(journal_key(NAMESPACE, "warm-up"))
     way.make(store)("000000")
     keys = describe_keys(client)
     journal = next((k.name for k in keys if k.name.endswith(":journal")), None)
@@ -207,7 +209,7 @@ def growth(server: RedisServer, way: Way, executions: int) -> Growth:
     store = RedisStore(server.client(), namespace=NAMESPACE)
     execute = way.make(store)
     execute("warm-up")  # loads the scripts and connects before the baseline
-    client.delete(f"{NAMESPACE}:{{order-warm-up}}:journal")
+    client.delete(journal_key(NAMESPACE, "order-warm-up"))
     keys_before = int(client.dbsize())
     before = used_memory(client)
     start = time.monotonic()
@@ -246,7 +248,7 @@ def keys_section(found: OneExecution) -> str:
     ]
     keys = _report.table(["key", "type", "MEMORY USAGE, bytes", "TTL", "purpose"], rows)
     held = found.index_while_running
-    index = ("The recovery index (`shop:index`) held the execution while it ran "
+    index = ("The recovery index of its partition held the execution while it ran "
              f"({held} member) and dropped it at the end (an empty zset is no key)."
              if held else "The recovery index did not hold the execution while it ran.")
     fields = ", ".join(f"`{name}` {size}" for name, size in found.fields)
@@ -354,11 +356,12 @@ def run(quick: bool) -> tuple[str, str]:
         server: first one execution, whose keys are listed with `MEMORY USAGE`
         (samples 0: every field counted), then {executions:,} executions one after the
         other, with the growth of `INFO memory` `used_memory` (which also counts the
-        server's key tables and TTL table). Besides an execution's journal hash, a
-        namespace has two shared keys: `{NAMESPACE}:index` (a zset of the executions
-        not yet ended, which recovery scans) and `{NAMESPACE}:recovered` (a hash
-        counting the re-dispatches of executions recovery sent again; a claim clears
-        its entry), each present only while not empty."""
+        server's key tables and TTL table). Besides an execution's journal hash, each
+        of a namespace's {PARTITIONS} partitions has two shared keys,
+        `{NAMESPACE}:{{p<n>.<i>}}:index` (a zset of its executions not yet ended, which
+        recovery scans) and `{NAMESPACE}:{{p<n>.<i>}}:recovered` (a hash counting the
+        re-dispatches of executions recovery sent again; a claim clears its entry),
+        each present only while not empty."""
     )
     body = "\n\n".join([
         method, *(keys_section(single) for single in singles), growth_section(grown),

@@ -44,7 +44,7 @@ def test_keys_that_collide_when_naively_joined_stay_distinct() -> None:
                                  idempotency_key="b:c") == "right"
     # Braces in keys cannot break out of the hash tag or alias another key.
     assert journal_key("n", "x{y}") != journal_key("n", "x%7By%7D")
-    assert journal_key("n", "x{y}").count("{") == 1
+    assert journal_key("n", "x{y}").count("{") == 1  # the partition's hash tag only
     with pytest.raises(ValueError, match="braces"):
         RedisStore(client, namespace="bad{ns}")
 
@@ -186,7 +186,7 @@ def test_get_many_reads_in_bulk_and_reports_a_corrupt_record_in_place() -> None:
     runner = SagaRunner(store)
     for n in range(3):
         runner.run(lambda saga: saga.step("a", lambda: 1), idempotency_key=f"k{n}")
-    client.hset("bulk:{k1}:journal", "status", "exploded")
+    client.hset(journal_key("bulk", "k1"), "status", "exploded")
     found = store.get_many(["k0", "k1", "k2", "nope"])
     assert [getattr(e, "status", None) for e in found] == ["succeeded", None, "succeeded", None]
     assert isinstance(found[1], SerializationError) and found[3] is None

@@ -59,7 +59,7 @@ def deadline(harness: RQStubHarness, key: str) -> float:
     """When recovery takes the execution for lost (its recovery index entry)."""
     store = rq_app.jobs["kw.checkout"].saga.store
     assert isinstance(store, RedisStore)
-    score = harness.redis.zscore(index_key(store.namespace), key)
+    score = harness.redis.zscore(index_key(store.namespace, key), key)
     assert score is not None, f"{key} is not in the recovery index"
     return float(score) / 1000
 

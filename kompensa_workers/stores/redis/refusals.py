@@ -5,9 +5,11 @@ kind               errors                                                the sto
 =================  ====================================================  ===========
 refused            AUTH failures (WRONGPASS, NOAUTH), NOPERM, TLS        raises
                    failures, an unknown command (renamed, a proxy)       StoreMisconfigured
-transient          connection errors, timeouts, OOM, BUSY, LOADING, …    waits, then
-                                                                         StoreUnavailable
-cluster            MOVED, ASK, CROSSSLOT                                 refuses Cluster
+transient          connection errors, timeouts, OOM, BUSY, LOADING, …,   waits, then
+                   a write fewer replicas acknowledged than              StoreUnavailable
+                   ``wait_replicas`` (NotReplicated)
+cluster            MOVED, ASK, CROSSSLOT on a plain client: the server   raises, naming
+                   is a Cluster node                                     the Cluster client
 corrupt            a script met data it did not write (WRONGTYPE, …)     SerializationError
 =================  ====================================================  ===========
 
@@ -25,13 +27,16 @@ import ssl
 from collections.abc import Iterator
 
 import redis
+from redis.cluster import RedisCluster
 
 from ...errors import StoreMisconfigured
+from .wire import NotReplicated
 
 __all__ = ["TRANSIENT", "address", "classify", "refusal"]
 
 # Errors worth waiting out: the server restarts, loads its data, or fails over.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+             NotReplicated)
 
 # Redis error replies: the server is busy or degraded and may recover...
 _TRANSIENT_ERRORS = (
@@ -67,8 +72,11 @@ def classify(exc: redis.ResponseError) -> str:
     return "other"
 
 
-def address(client: redis.Redis) -> str:
+def address(client: redis.Redis | RedisCluster) -> str:
     """``host:port`` (or the socket path) of ``client``'s server, for messages."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()  # type: ignore[no-untyped-call]
+        return f"cluster node {node.name}" if node is not None else "the journal's Redis Cluster"
     options = client.get_connection_kwargs()
     if options.get("path"):
         return str(options["path"])
@@ -77,7 +85,9 @@ def address(client: redis.Redis) -> str:
     return "the journal's Redis"
 
 
-def refusal(exc: BaseException, client: redis.Redis) -> StoreMisconfigured | None:
+def refusal(
+    exc: BaseException, client: redis.Redis | RedisCluster
+) -> StoreMisconfigured | None:
     """The configuration mistake ``exc`` shows (to raise at once), or None when it
     may be an outage or is some other error."""
     where = f"server {address(client)}"
@@ -139,10 +149,12 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _protocol_mismatch(
-    exc: BaseException, client: redis.Redis, where: str
+    exc: BaseException, client: redis.Redis | RedisCluster, where: str
 ) -> StoreMisconfigured | None:
     """A TLS client timed out in a handshake with a plain server, or a plain client
     was cut off by a TLS-only one: ask the server which it speaks."""
+    if isinstance(client, RedisCluster):
+        return None  # its nodes' errors already say which node; not probed
     options = client.get_connection_kwargs()
     host, port = options.get("host"), options.get("port")
     if not isinstance(host, str) or not isinstance(port, int) or options.get("path"):

@@ -10,10 +10,16 @@ maxmemory-policy volatile-* ended records, before ``retention``          a warni
 appendonly no, save ""     every journal, at a restart                  a warning
 =========================  ===========================================  ===============
 
-Read with ``CONFIG GET``, one round trip, at the store's first call. Where CONFIG is
-disabled or renamed (managed Redis), ``INFO memory`` and ``INFO persistence`` give
-the policy and whether AOF is on, but not the RDB ``save`` rules, so persistence is
-then not judged; where neither answers, nothing is checked (logged at debug).
+Read with ``CONFIG GET``, one round trip, at the store's first call (on a Cluster,
+from every master). Where CONFIG is disabled or renamed (managed Redis), ``INFO
+memory`` and ``INFO persistence`` give the policy and whether AOF is on, but not the
+RDB ``save`` rules, so persistence is then not judged; where neither answers,
+nothing is checked (logged at debug).
+
+The same first call looks for executions of key layout 0.1 still running (its one
+recovery index, ``<ns>:index``, not empty): the new layout would not find their
+journals, so their next deliveries would raise JournalLost. That is refused like an
+``allkeys-*`` policy, with how to drain them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from ...errors import StoreMisconfigured
 from .refusals import address
@@ -121,9 +128,13 @@ class ServerCheck:
     fixed (``strict``), else it is a warning; each warning is logged once.
     """
 
-    def __init__(self, client: redis.Redis, *, strict: bool) -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, *, strict: bool,
+        legacy_index: str | None = None,
+    ) -> None:
         self.client = client
         self.strict = strict
+        self.legacy_index = legacy_index
         self._passed = False
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -144,8 +155,38 @@ class ServerCheck:
                 self._check()
 
     def _check(self) -> None:
-        settings = read_settings(self.client)
-        where = address(self.client)
+        if isinstance(self.client, RedisCluster):
+            for node in self.client.get_primaries():  # type: ignore[no-untyped-call]
+                self._check_server(self.client.get_redis_connection(node), node.name)
+        else:
+            self._check_server(self.client, address(self.client))
+            self._check_layout()
+        self._passed = True
+
+    def _check_layout(self) -> None:
+        if self.legacy_index is None:
+            return
+        try:
+            running = int(self.client.zcard(self.legacy_index))
+        except redis.ResponseError:  # not a zset: not ours, nothing to drain
+            return
+        if not running:
+            return
+        text = (
+            f"{running} execution(s) of key layout 0.1 are not finished (recovery index "
+            f"{self.legacy_index}); this version keeps journals under new names and would "
+            "not find theirs: let 0.1 workers finish them first (the README's upgrade "
+            "section says how)"
+        )
+        if self.strict:
+            raise StoreMisconfigured(
+                f"{text} (RedisStore(strict=False) makes this a warning)",
+                f"server {address(self.client)}",
+            )
+        logger.warning("RedisStore on %s: %s", address(self.client), text)
+
+    def _check_server(self, client: redis.Redis, where: str) -> None:
+        settings = read_settings(client)
         findings = [] if settings is None else assess(settings)
         for finding in findings:
             if finding.fatal and self.strict:
@@ -164,7 +205,6 @@ class ServerCheck:
                 "RedisStore on %s: CONFIG GET is not available; INFO shows AOF off but "
                 "not the RDB save rules, so persistence was not checked", where,
             )
-        self._passed = True
 
 
 def _text(value: Any) -> str:

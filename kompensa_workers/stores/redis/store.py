@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry as RedisRetry
 
 from ..._core.check import count, instance, number
@@ -24,10 +25,12 @@ from ..protocol import (
     execution_from_fields,
 )
 from .keys import (
+    execution_of,
     index_key,
     journal_key,
-    journal_key_name,
+    legacy_index_key,
     lock_key,
+    partition_keys,
     recovered_key,
     validate_namespace,
 )
@@ -35,7 +38,7 @@ from .redlock import Redlock
 from .refusals import TRANSIENT, classify, refusal
 from .scripts import NAMES
 from .server import ServerCheck
-from .wire import ScriptCaller
+from .wire import Call, ScriptCaller
 
 __all__ = ["RedisStore"]
 
@@ -45,7 +48,9 @@ T = TypeVar("T")
 class RedisStore:
     """Journal and lease of every execution in Redis.
 
-    ``client`` must return bytes (``decode_responses=False``, redis-py's default).
+    ``client`` is a ``redis.Redis`` (standalone or Sentinel-managed) or a
+    ``redis.cluster.RedisCluster``, returning bytes (``decode_responses=False``,
+    redis-py's default); ``keys.py`` says how executions spread over a Cluster.
     ``lock_ttl`` is the lease length, ``retention`` how long finished executions
     are kept (``compensation_failed`` ones are kept until resolved), ``lock`` a
     :class:`Redlock` over independent masters (default: the lease lives in the
@@ -56,6 +61,11 @@ class RedisStore:
     turns the former off). A refusal waiting will not fix (a wrong password, TLS, a
     command the server lacks) raises :class:`StoreMisconfigured` at once.
 
+    ``wait_replicas`` N >= 1 sends every journal write with ``WAIT N`` in the same
+    round trip: a write fewer than N replicas acknowledged within ``wait_timeout``
+    seconds counts as not made (it is retried, then ends the delivery with
+    StoreUnavailable), so a failover to a replica cannot lose an acknowledged step.
+
     The first call checks the server's settings (see ``server.py``): an
     ``allkeys-*`` eviction policy raises StoreMisconfigured (a warning with
     ``strict=False``); ``volatile-*`` and no persistence are logged as warnings.
@@ -63,7 +73,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         namespace: str = "kompensa",
         lock_ttl: float = 30.0,
@@ -72,11 +82,14 @@ class RedisStore:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         write_timeout: float | None = None,
         strict: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.1,
     ) -> None:
-        if not isinstance(client, redis.Redis):
+        if not isinstance(client, (redis.Redis, RedisCluster)):
             raise TypeError(
-                f"RedisStore: client must be a redis.Redis, got {client!r}; for a URL "
-                "use RedisStore.from_url(url)"
+                f"RedisStore: client must be a redis.Redis or a redis.cluster.RedisCluster, "
+                f"got {client!r}; for a URL use RedisStore.from_url(url) (cluster=True for "
+                "a Redis Cluster)"
             )
         instance("RedisStore", "lock", lock, Redlock, "build one with Redlock.from_urls")
         if client.get_connection_kwargs().get("decode_responses"):
@@ -91,6 +104,8 @@ class RedisStore:
             number("RedisStore", "write_timeout", write_timeout)
         if not isinstance(strict, bool):
             raise TypeError(f"RedisStore: strict must be a bool, got {strict!r}")
+        count("RedisStore", "wait_replicas", wait_replicas, minimum=0)
+        number("RedisStore", "wait_timeout", wait_timeout, inclusive=False)
         self.client = client
         self.namespace = validate_namespace(namespace)
         self.lock_ttl = float(lock_ttl)
@@ -98,10 +113,14 @@ class RedisStore:
         self.lock = lock
         self.max_value_bytes = max_value_bytes
         self.write_timeout = lock_ttl / 2 if write_timeout is None else write_timeout
-        self._call = ScriptCaller(client, NAMES)
-        self._index = index_key(self.namespace)
-        self._recovered = recovered_key(self.namespace)
-        self._server = ServerCheck(client, strict=strict)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = float(wait_timeout)
+        self._call = ScriptCaller(
+            client, NAMES, wait_replicas=wait_replicas, wait_timeout=wait_timeout
+        )
+        self._server = ServerCheck(
+            client, strict=strict, legacy_index=legacy_index_key(self.namespace)
+        )
 
     @property
     def retention(self) -> float:
@@ -116,17 +135,30 @@ class RedisStore:
         self._retention_ms = str(_ms(self._retention))  # as every commit sends it
 
     @classmethod
-    def from_url(cls, url: str, *, socket_timeout: float = 5.0, **options: Any) -> RedisStore:
-        """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``.
+    def from_url(
+        cls, url: str, *, cluster: bool = False, socket_timeout: float = 5.0, **options: Any
+    ) -> RedisStore:
+        """A store on ``redis://`` / ``rediss://`` / ``unix://`` ``url``; with
+        ``cluster=True`` a ``RedisCluster`` that starts from the node ``url`` names.
 
         The client does no retrying of its own: the store's ``write_timeout`` is
         then the one bound on how long a write waits for Redis to come back.
-        ``options`` are the constructor's (``namespace``, ``strict``, ...).
+        ``options`` are the constructor's (``namespace``, ``strict``,
+        ``wait_replicas``, ...).
         """
-        client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            retry=RedisRetry(NoBackoff(), 0),
-        )
+        if not isinstance(cluster, bool):
+            raise TypeError(f"RedisStore.from_url: cluster must be a bool, got {cluster!r}")
+        client: redis.Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                retry=RedisRetry(NoBackoff(), 0),
+            )
+        else:
+            client = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                retry=RedisRetry(NoBackoff(), 0),
+            )
         return cls(client, **options)
 
     # -- the store protocol ------------------------------------------------------
@@ -162,7 +194,7 @@ class RedisStore:
         if intent:
             for pair in intent.items():
                 args += pair
-        reply = self._script("claim", key, args, extra_keys=[self._recovered])
+        reply = self._script("claim", key, args, recovered=True)
         if isinstance(reply, int):  # started, with the intent: fence * 2 + cancel flag
             fence = reply >> 1
             execution = Execution(
@@ -242,29 +274,50 @@ class RedisStore:
 
     def due(self, limit: int = 100) -> list[str]:
         """Non-terminal executions whose lease deadline has passed, oldest first."""
-        keys = self._retrying(
-            lambda: self._call("due", [self._index], [limit]), "index"
-        )
-        return [k.decode() for k in keys]
+        return [key.decode() for _, _, key in self._due(limit)]
 
     def take_due(self, limit: int, hold: float, max_hold: float = 3600.0) -> list[str]:
-        keys = self._retrying(
-            lambda: self._call(
-                "take_due", [self._index, self._recovered], [limit, _ms(hold), _ms(max_hold)]
-            ),
-            "index",
-        )
-        return [k.decode() for k in keys]
+        # Read every partition's oldest, then take the oldest of all, each in its
+        # partition's own script (one slot each): one round trip per server each.
+        due = self._due(limit)
+        chosen: dict[int, list[bytes]] = {}
+        for _, partition, key in due:
+            chosen.setdefault(partition, []).append(key)
+        if not chosen:
+            return []
+        indexes = partition_keys(self.namespace)
+        calls: list[Call] = [
+            ("take_due", indexes[p], [_ms(hold), _ms(max_hold), *keys])
+            for p, keys in chosen.items()
+        ]
+        taken = {key for reply in self._retrying(lambda: self._call.batch(calls), "index")
+                 for key in reply}
+        return [key.decode() for _, _, key in due if key in taken]
+
+    def _due(self, limit: int) -> list[tuple[float, int, bytes]]:
+        """(deadline, partition, key) of the ``limit`` oldest due executions."""
+        calls: list[Call] = [
+            ("due", [index], [limit]) for index, _ in partition_keys(self.namespace)
+        ]
+        found = [
+            (float(reply[at + 1]), partition, reply[at])
+            for partition, reply in enumerate(
+                self._retrying(lambda: self._call.batch(calls), "index"))
+            for at in range(0, len(reply), 2)
+        ]
+        found.sort()
+        return found[:limit]
 
     # -- operations ----------------------------------------------------------------
 
     def keys(self) -> Iterator[str]:
         """Every execution in the namespace (SCAN: no long block on a big Redis)."""
-        pattern = _glob_escape(self.namespace) + ":{*}:journal"
-        start = len(self.namespace) + 2
+        pattern = _glob_escape(self.namespace) + ":{*}:*:journal"
         self._retrying(self._server.ensure, "listing")
         for name in self.client.scan_iter(match=pattern, count=500):
-            yield journal_key_name(name.decode()[start:-len("}:journal")])
+            key = execution_of(self.namespace, name.decode())
+            if key is not None:
+                yield key
 
     def get_many(self, keys: Sequence[str]) -> list[Execution | SerializationError | None]:
         """``get`` of many executions in one round trip per 500 (for listings); a
@@ -289,7 +342,7 @@ class RedisStore:
         return found
 
     def purge(self, key: str) -> bool:
-        deleted = self._script("purge", key, [key], extra_keys=[self._recovered])
+        deleted = self._script("purge", key, [key], recovered=True)
         if deleted == -1:
             raise ValueError(f"execution {key!r} has not ended; cancel it before purging it")
         return bool(deleted)
@@ -314,12 +367,13 @@ class RedisStore:
         args: Sequence[Any],
         *,
         index: bool = True,
-        extra_keys: Sequence[str] = (),
+        recovered: bool = False,
     ) -> Any:
         keys = [journal_key(self.namespace, key)]
         if index:
-            keys.append(self._index)
-        keys.extend(extra_keys)
+            keys.append(index_key(self.namespace, key))
+        if recovered:
+            keys.append(recovered_key(self.namespace, key))
         if self._server.passed:  # the usual case: one call, nothing to retry
             try:
                 return self._call(name, keys, args)
@@ -349,8 +403,9 @@ class RedisStore:
                     continue
                 if kind == "cluster":
                     raise KompensaError(
-                        f"RedisStore needs a standalone or Sentinel-managed Redis; this "
-                        f"server is a Cluster node ({exc})"
+                        f"this server is a Redis Cluster node ({exc}): give RedisStore a "
+                        "redis.cluster.RedisCluster client, or use "
+                        "RedisStore.from_url(url, cluster=True)"
                     ) from exc
                 if kind == "corrupt":
                     raise SerializationError(
