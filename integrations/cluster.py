@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
@@ -33,8 +33,7 @@ SLOTS = 16384
 
 
 def _is_node(pid: int, port: int) -> bool:
-    """Whether PID is a redis-server on PORT (its title reads ``redis-server 127.0.0.1:PORT
-    [cluster]``: redis-server rewrites its command line)."""
+    """Whether PID is a redis-server on PORT (it retitles itself ``... 127.0.0.1:PORT``)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as file:
             tokens = file.read().replace(b"\0", b" ").decode(errors="replace").split()
@@ -64,6 +63,10 @@ def _covers(tokens: Sequence[str], slot: int) -> bool:
             if int(low) <= slot <= int(high or low):
                 return True
     return False
+
+
+def _role(line: Sequence[str]) -> tuple[str, str]:
+    return ("master", "-") if "master" in line[2] else ("replica of", line[3])
 
 
 class LocalCluster:
@@ -109,7 +112,7 @@ class LocalCluster:
                 node = self.nodes[index]
                 if self.detach and node.process is not None:
                     node.process.wait(10)  # the daemonizing parent exits at once
-                self.pids[node.port] = int(self._info(node, "server")["process_id"])
+                self.pids[node.port] = int(self._call(node, "INFO", "server")["process_id"])
             result = subprocess.run(
                 [self.cli, "--cluster", "create", *(f"{n.host}:{n.port}" for n in self.nodes),
                  "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"],
@@ -180,9 +183,14 @@ class LocalCluster:
         node sees it as a master and the cluster is ready again."""
         replica = self.replica_of(master)
         replica_id = self.node_id(replica)
-        self._call(replica, "CLUSTER", "FAILOVER", *(["FORCE"] if force else []))
+        sent = 0.0
 
         def problem() -> str | None:
+            nonlocal sent
+            if "slave" in self._myself(replica)[2] and time.monotonic() - sent > 6:
+                # Again if an earlier request timed out (after 5 s, with no error).
+                self._call(replica, "CLUSTER", "FAILOVER", *(["FORCE"] if force else []))
+                sent = time.monotonic()
             for node in self._live():
                 for line in self._view(node):
                     if line[0] == replica_id and "master" not in line[2]:
@@ -282,10 +290,6 @@ class LocalCluster:
         with node.client(decode_responses=True, socket_timeout=5) as client:
             return client.execute_command(*args)
 
-    def _info(self, node: RedisServer, section: str) -> dict[str, Any]:
-        with node.client(decode_responses=True, socket_timeout=5) as client:
-            return cast(dict[str, Any], client.info(section))
-
     def _view(self, node: RedisServer) -> list[list[str]]:
         text = str(self._call(node, "CLUSTER", "NODES"))
         return [line.split() for line in text.splitlines() if line.strip()]
@@ -294,6 +298,15 @@ class LocalCluster:
         return next(line for line in self._view(node) if "myself" in line[2])
 
     def _ready_problem(self) -> str | None:
+        # A master learns of its replica by gossip, well after redis-cli --cluster create
+        # returns; a CLUSTER FAILOVER before then is ignored and times out after 5 s.
+        views = {node.port: self._view(node) for node in self._live()}
+        own = {line[0]: _role(line) for view in views.values() for line in view
+               if "myself" in line[2]}
+        for port, view in views.items():
+            for line in view:
+                if line[0] in own and _role(line) != own[line[0]]:
+                    return f"node {port} sees {line[1]} as {_role(line)}, not {own[line[0]]}"
         for node in self._live():
             text = str(self._call(node, "CLUSTER", "INFO"))
             info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
@@ -303,7 +316,7 @@ class LocalCluster:
                 return f"node {node.port}: {info['cluster_slots_assigned']} slots assigned"
             if int(info["cluster_known_nodes"]) < len(self.nodes):
                 return f"node {node.port}: knows {info['cluster_known_nodes']} nodes"
-            replication = self._info(node, "replication")
+            replication = self._call(node, "INFO", "replication")
             if replication["role"] == "slave" and replication["master_link_status"] != "up":
                 return f"replica {node.port}: master_link_status:down"
         return None
@@ -363,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cluster.url)
         return 0
 
+    if not os.path.exists(state):
+        print(f"{state} does not exist", file=sys.stderr)
+        return 1
     with open(state) as file:
         record = json.load(file)
     for node in record["nodes"]:

@@ -21,7 +21,7 @@ def test_forms_three_shards_that_cover_every_slot(cluster: LocalCluster) -> None
     assert len(masters) == 3 and len(replicas) == 3
     assert {cluster.replica_of(master).port for master in masters} == {r.port for r in replicas}
     for node in cluster.nodes:
-        ranges = cluster.node_client(node).execute_command("CLUSTER", "SLOTS")
+        ranges = cluster.node_client(node).cluster("SLOTS")
         assert sum(int(end) - int(start) + 1 for start, end, *_ in ranges) == SLOTS
     assert set().union(*(cluster.slots_of(master) for master in masters)) == set(range(SLOTS))
 
@@ -37,7 +37,7 @@ def test_failover_swaps_a_shard_and_reshard_moves_slots(cluster: LocalCluster) -
     key = "kw-cluster:{failover}"
     client.set(key, "before")
     master = cluster.master_of_key(key)
-    assert cluster.node_client(master).execute_command("WAIT", 1, 100) == 1
+    assert cluster.node_client(master).wait(1, 100) == 1
     replica = cluster.replica_of(master)
 
     # When the replica takes over
