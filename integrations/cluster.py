@@ -248,6 +248,14 @@ class LocalCluster:
         elif pid is not None:
             _kill_pid(pid, node.port)
 
+    def restart(self, node: RedisServer, timeout: float = 30) -> None:
+        """Start a killed NODE again on its port and data directory (its nodes.conf
+        makes it rejoin, as a replica if its shard failed over meanwhile); wait until
+        the cluster is ready again."""
+        node.start()
+        self.pids[node.port] = int(self._call(node, "INFO", "server")["process_id"])
+        self._wait(timeout, self._ready_problem, f"node {node.port} did not rejoin")
+
     def stop(self) -> None:
         for node in self.nodes:
             self._discard(node)

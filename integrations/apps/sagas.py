@@ -28,9 +28,13 @@ NAMESPACE = os.environ.get("KW_NAMESPACE", "kw")
 
 
 def journal() -> RedisStore:
+    """The journal: on KW_REDIS_URL, or on the Redis Cluster KW_JOURNAL_CLUSTER
+    names (a node's URL), with KW_WAIT_REPLICAS."""
+    cluster = os.environ.get("KW_JOURNAL_CLUSTER")
     return RedisStore.from_url(
-        os.environ["KW_REDIS_URL"], namespace=NAMESPACE,
+        cluster or os.environ["KW_REDIS_URL"], namespace=NAMESPACE, cluster=bool(cluster),
         lock_ttl=float(os.environ.get("KW_LOCK_TTL", "3")),
+        wait_replicas=int(os.environ.get("KW_WAIT_REPLICAS", "0")),
     )
 
 

@@ -250,7 +250,12 @@ class ScriptCaller:
                     replies.append(connection.read_response())
                 except redis.ResponseError as exc:  # the connection is still in step
                     replies.append(exc)
-            acked = connection.read_response() if wait else None
+            acked: Any = None
+            if wait:
+                try:
+                    acked = connection.read_response()
+                except redis.ResponseError as exc:  # a demoted master refuses WAIT
+                    acked = exc
         except BaseException as exc:
             connection.disconnect()
             if self._cluster and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
@@ -258,11 +263,14 @@ class ScriptCaller:
             raise
         finally:
             self._idle.setdefault(pool, []).append((connection, time.monotonic()))
-        if wait:
-            self._check_wait(acked)
+        if wait and not all(isinstance(reply, Exception) for reply in replies):
+            self._check_wait(acked)  # something was written: it must be replicated
         return replies
 
     def _check_wait(self, acked: Any) -> None:
+        if isinstance(acked, Exception):
+            raise NotReplicated(f"{self._wait_text} failed ({acked}); the write may not "
+                                "survive a failover")
         if int(acked) < self.wait_replicas:
             raise NotReplicated(
                 f"{self._wait_text}: {int(acked)} of {self.wait_replicas} replicas "
