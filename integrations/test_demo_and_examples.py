@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .cluster import redis_cluster
 from .servers import RedisServer, redis_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,12 +33,17 @@ def section(output: str, title: str) -> str:
     return output[start:] if end < 0 else output[start:end]
 
 
-@pytest.mark.parametrize("journal", ["embedded", "redis"])
+@pytest.mark.parametrize("journal", ["embedded", "redis", "cluster"])
 def test_demo_shows_every_promise(journal: str) -> None:
     if journal == "redis":
         with redis_servers(1) as [server]:
             output = run("-m", "kompensa_workers", "demo", "--redis-url", server.url)
         assert f"Journal: Redis at {server.url}" in output
+    elif journal == "cluster":
+        with redis_cluster(3, 1) as cluster:
+            url = cluster.url
+            output = run("-m", "kompensa_workers", "demo", "--redis-url", url, "--cluster")
+        assert f"Journal: the Redis Cluster of {url}" in output
     else:
         output = run("-m", "kompensa_workers", "demo")
         assert "Journal: the embedded in-process store" in output

@@ -6,11 +6,15 @@ acknowledged step with ``wait_replicas=1``, slots migrated under load."""
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -288,3 +292,29 @@ def test_a_plain_client_on_a_cluster_node_is_told_to_use_the_cluster_client(
     clustered = RedisStore.from_url(cluster.url, cluster=True, namespace="plain")
     assert SagaRunner(clustered).run(three_steps, idempotency_key=keys[0]) == [
         "reserve", "charge", "ship"]
+
+
+def test_the_cli_lists_shows_and_cancels_across_every_master(cluster: LocalCluster) -> None:
+    namespace = f"cli-{uuid.uuid4().hex[:6]}"
+    store = RedisStore(cluster.client(), namespace=namespace)
+    keys = ids_on_every_master(cluster, namespace, 3)
+    for key in keys[1:]:
+        SagaRunner(store).run(three_steps, idempotency_key=key)
+    store.claim(keys[0], saga="s", fingerprint="fp", lease_token=None, lock_ttl=30,
+                at=time.time())
+
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [sys.executable, "-m", "kompensa_workers", "--redis-url", cluster.url,
+             "--cluster", "--namespace", namespace, *args, "--json"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    listed = cli("list")
+    assert listed["total"] == len(keys)
+    assert listed["counts"] == {"running": 1, "succeeded": len(keys) - 1}
+    assert cli("show", keys[-1])["status"] == "succeeded"
+    cli("cancel", keys[0])
+    assert store.get(keys[0]).cancel_requested  # type: ignore[union-attr]

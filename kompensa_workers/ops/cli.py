@@ -121,6 +121,7 @@ class Journal:
 
     url: str
     namespace: str
+    cluster: bool = False
     _store: Any = None
 
     @property
@@ -129,7 +130,8 @@ class Journal:
             from ..stores.redis import RedisStore
 
             try:
-                self._store = RedisStore.from_url(self.url, namespace=self.namespace)
+                self._store = RedisStore.from_url(
+                    self.url, namespace=self.namespace, cluster=self.cluster)
             except ValueError as exc:
                 raise Failure(f"bad --redis-url or --namespace: {exc}", 2) from None
         return self._store
@@ -204,11 +206,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON f
               show_default=True, help="the journal's Redis (env KOMPENSA_REDIS_URL)")
 @click.option("--namespace", envvar="KOMPENSA_NAMESPACE", default="kompensa",
               show_default=True, help="the journal's key namespace (env KOMPENSA_NAMESPACE)")
+@click.option("--cluster", is_flag=True, envvar="KOMPENSA_REDIS_CLUSTER",
+              help="--redis-url names a node of a Redis Cluster (env KOMPENSA_REDIS_CLUSTER=1)")
 @click.option("-v", "--verbose", is_flag=True,
               help="also print the library's warnings (the Redis server checks: "
                    "eviction policy, persistence); workers log them anyway")
 @click.pass_context
-def main(ctx: click.Context, redis_url: str, namespace: str, verbose: bool) -> None:
+def main(ctx: click.Context, redis_url: str, namespace: str, cluster: bool,
+         verbose: bool) -> None:
     """Sagas that survive what real queues do: look at executions, cancel them,
     recover what dead workers held, purge what has ended.
 
@@ -220,7 +225,7 @@ def main(ctx: click.Context, redis_url: str, namespace: str, verbose: bool) -> N
         previous = library.level
         library.setLevel(logging.ERROR)
         ctx.call_on_close(lambda: library.setLevel(previous))
-    ctx.obj = Journal(redis_url, namespace)
+    ctx.obj = Journal(redis_url, namespace, cluster)
 
 
 @main.command("list")
@@ -509,15 +514,18 @@ def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--redis-url", "demo_url", metavar="URL",
               help="journal in this Redis instead of in-process (env KOMPENSA_REDIS_URL)")
+@click.option("--cluster", "demo_cluster", is_flag=True,
+              help="--redis-url names a node of a Redis Cluster")
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, demo_url: str | None, as_json: bool) -> None:
+def demo(ctx: click.Context, demo_url: str | None, demo_cluster: bool, as_json: bool) -> None:
     """Checkout sagas with injected faults: a flaky charge retried, a declined card
     rolled back, a worker killed mid-saga, a duplicate delivery. With --json, each
     order's final status, result or error and events, and every side effect."""
     from .demo import main as run_demo
 
     args = [*ctx.args, *(["--redis-url", demo_url] if demo_url else []),
+            *(["--cluster"] if demo_cluster or ctx.obj.cluster else []),
             *(["--json"] if as_json else [])]
     ctx.exit(run_demo(args))
 

@@ -206,15 +206,17 @@ class _Report:
             print(json.dumps(self.data, indent=2, default=repr))
 
 
-def _store(redis_url: str | None) -> tuple[Store, str]:
+def _store(redis_url: str | None, cluster: bool = False) -> tuple[Store, str]:
     if not redis_url:
         return MemoryStore(lock_ttl=0.5), "the embedded in-process store"
     from .. import RedisStore
 
     # A namespace of its own per run, so a second run starts from nothing.
     namespace = f"kompensa-demo-{uuid.uuid4().hex[:8]}"
-    store = RedisStore.from_url(redis_url, namespace=namespace, lock_ttl=0.5, retention=3600)
-    return store, f"Redis at {redis_url} (namespace {namespace}, kept for an hour)"
+    store = RedisStore.from_url(redis_url, namespace=namespace, lock_ttl=0.5, retention=3600,
+                                cluster=cluster)
+    kind = "the Redis Cluster of" if cluster else "Redis at"
+    return store, f"{kind} {redis_url} (namespace {namespace}, kept for an hour)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,12 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         help="journal in this Redis instead of in-process (env: KOMPENSA_REDIS_URL)",
     )
     parser.add_argument(
+        "--cluster", action="store_true",
+        default=os.environ.get("KOMPENSA_REDIS_CLUSTER", "") not in ("", "0"),
+        help="--redis-url names a node of a Redis Cluster (env: KOMPENSA_REDIS_CLUSTER=1)",
+    )
+    parser.add_argument(
         "--json", action="store_true",
         help="print one JSON document: each order's final status, result or error, "
              "its events, and the side effects",
     )
     args = parser.parse_args(argv)
-    store, where = _store(args.redis_url)
+    if args.cluster and not args.redis_url:
+        parser.error("--cluster needs --redis-url (a node of the cluster)")
+    store, where = _store(args.redis_url, args.cluster)
     report = _Report(store, where, args.json)
     shop.charge_failures["1001"] = 2
     shown: list[tuple[str, str, str]] = [

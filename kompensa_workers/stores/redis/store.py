@@ -405,7 +405,8 @@ class RedisStore:
                     raise KompensaError(
                         f"this server is a Redis Cluster node ({exc}): give RedisStore a "
                         "redis.cluster.RedisCluster client, or use "
-                        "RedisStore.from_url(url, cluster=True)"
+                        "RedisStore.from_url(url, cluster=True) (the CLI and the demo: "
+                        "--cluster)"
                     ) from exc
                 if kind == "corrupt":
                     raise SerializationError(

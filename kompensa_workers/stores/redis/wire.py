@@ -244,7 +244,9 @@ class ScriptCaller:
         connection = self._take(pool)
         replies: list[Any] = []
         try:
-            connection.send_packed_command([*commands, self._wait] if wait else commands)
+            # One buffer, so one send: the server reads the lot at once.
+            connection.send_packed_command(
+                (b"".join([*commands, self._wait] if wait else commands),))
             for _ in commands:
                 try:
                     replies.append(connection.read_response())
