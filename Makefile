@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-BENCHES := cost journal-cpu memory throughput storm recovery
+BENCHES := cost journal-cpu memory throughput storm recovery cluster
 
 .PHONY: demo test lint unit integration chaos bench $(addprefix bench-,$(BENCHES)) clean
 
