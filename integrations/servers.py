@@ -13,8 +13,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -118,3 +119,24 @@ def redis_servers(count: int = 1, *, appendonly: bool = False) -> Iterator[list[
     finally:
         for server in servers:
             server.stop()
+
+
+def sends_during(action: Callable[[], object]) -> int:
+    """How many buffers this process's redis-py connections sent while ``action``
+    ran (each a round trip: a command or a pipeline, written at once, then its
+    replies read). Counted on the client: where replicas also talk to a server,
+    its read count mixes their traffic in."""
+    counted = 0
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal counted
+        counted += 1
+        original(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        action()
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+    return counted

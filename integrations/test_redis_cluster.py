@@ -25,7 +25,7 @@ from kompensa_workers.stores.redis.keys import journal_key
 from .cluster import LocalCluster, redis_cluster
 from .conformance import entries, pool, runs, wait_for
 from .rq_harness import RQHarness
-from .servers import RedisServer, redis_servers
+from .servers import RedisServer, redis_servers, sends_during
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +38,23 @@ def three_steps(saga: Saga) -> list[str]:
     return [saga.step(name, lambda n=name: n) for name in ("reserve", "charge", "ship")]
 
 
-def master_counts(masters: list[redis.Redis]) -> tuple[int, dict[str, int]]:
-    """Socket reads and commandstats calls over every master, one INFO pipeline
-    each (a pipeline is one read, counted before it runs)."""
-    reads, calls = 0, Counter[str]()
-    for master in masters:
-        pipe = master.pipeline(transaction=False)
-        pipe.info("stats")
-        pipe.info("commandstats")
-        stats, commands = pipe.execute()
-        reads += int(stats["total_reads_processed"])
-        for name, value in commands.items():
-            calls[name.removeprefix("cmdstat_")] += int(value["calls"])
-    return reads, dict(calls)
-
-
 def round_trips(cluster: LocalCluster, action: Callable[[], object]) -> tuple[int, Counter[str]]:
-    """Client round trips to the masters while ``action`` ran, and the commands
-    sent (less replication traffic: a replica's REPLCONF ACK is a read too)."""
+    """Round trips while ``action`` ran (buffers sent by this process: the masters'
+    read counts mix in their replicas' REPLCONF traffic), and the commands the
+    masters ran (commandstats)."""
     masters = [cluster.node_client(node) for node in cluster.masters()]
-    reads_before, calls_before = master_counts(masters)
-    action()
-    reads_after, calls_after = master_counts(masters)
-    calls = Counter({name: n - calls_before.get(name, 0) for name, n in calls_after.items()})
-    reads = reads_after - reads_before - len(masters) - calls["replconf"]
-    return reads, calls
+    before = commands(masters)
+    sent = sends_during(action)
+    after = commands(masters)
+    return sent, Counter({name: n - before.get(name, 0) for name, n in after.items()})
+
+
+def commands(masters: list[redis.Redis]) -> Counter[str]:
+    calls = Counter[str]()
+    for master in masters:
+        for name, value in master.info("commandstats").items():
+            calls[name.removeprefix("cmdstat_")] += int(value["calls"])
+    return calls
 
 
 def owners(cluster: LocalCluster, namespace: str, keys: list[str]) -> Counter[int]:
