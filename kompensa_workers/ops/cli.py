@@ -115,6 +115,9 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
             self.fail(exc.message, param, ctx)
 
 
+CLI_WRITE_TIMEOUT = 3.0  # seconds a command waits out a Redis outage
+
+
 @dataclass
 class Journal:
     """The store a command works on, connected on first use."""
@@ -130,8 +133,11 @@ class Journal:
             from ..stores.redis import RedisStore
 
             try:
+                # An operator is waiting: a Redis that is down is said in seconds,
+                # not after a worker's write_timeout (half the lease).
                 self._store = RedisStore.from_url(
-                    self.url, namespace=self.namespace, cluster=self.cluster)
+                    self.url, namespace=self.namespace, cluster=self.cluster,
+                    write_timeout=CLI_WRITE_TIMEOUT)
             except ValueError as exc:
                 raise Failure(f"bad --redis-url or --namespace: {exc}", 2) from None
         return self._store
