@@ -6,6 +6,8 @@ through the codec exactly as it would in Redis.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 import threading
 from collections.abc import Iterator, Mapping
@@ -50,6 +52,8 @@ class MemoryStore:
         self._leases: dict[str, _HeldLease] = {}
         self._held_back: dict[str, float] = {}  # recovery already re-dispatched it
         self._recoveries: dict[str, int] = {}  # re-dispatches since the last claim
+        self._timers: list[tuple[float, int, bytes]] = []  # (due, order, message)
+        self._order = itertools.count()
         self._mutex = threading.Lock()
 
     def expect(self, key: str, *, saga: str, dispatch: bytes, within: float, at: float) -> bool:
@@ -256,6 +260,18 @@ class MemoryStore:
                 self._recoveries[key] = sent
                 self._held_back[key] = now + min(hold * 2 ** (sent - 1), max_hold)
             return keys
+
+    def schedule(self, key: str, message: bytes, *, delay: float) -> None:
+        with self._mutex:
+            due = self._clock.time() + max(delay, 0.0)
+            heapq.heappush(self._timers, (due, next(self._order), message))
+
+    def take_scheduled(self, limit: int = 100) -> list[bytes]:
+        with self._mutex:
+            now, taken = self._clock.time(), []
+            while self._timers and self._timers[0][0] <= now and len(taken) < limit:
+                taken.append(heapq.heappop(self._timers)[2])
+            return taken
 
     def _due(self, limit: int, now: float) -> list[str]:
         deadlines = []

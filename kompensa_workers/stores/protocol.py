@@ -196,6 +196,19 @@ class Store(Protocol):
         it, and a backed-up queue is not flooded with copies."""
         ...
 
+    def schedule(self, key: str, message: bytes, *, delay: float) -> None:
+        """Keep ``message`` (an adapter's encoded message for execution ``key``) to
+        be sent again ``delay`` seconds from now: the delayed delivery of a broker
+        that has none (the kombu adapter off RabbitMQ). Each call keeps one more."""
+        ...
+
+    def take_scheduled(self, limit: int = 100) -> list[bytes]:
+        """The kept messages whose time has come, earliest first, each returned to
+        one caller only (at most ``limit``; a store of partitions may return up to
+        ``limit`` of each). One that is taken and never sent is not lost: its
+        execution's lease lapses and recovery sends it again."""
+        ...
+
     def keys(self) -> Iterator[str]:
         """Every execution the store holds (in no particular order)."""
         ...

@@ -126,6 +126,15 @@ def partition_keys(namespace: str) -> tuple[tuple[str, str], ...]:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def timer_keys(namespace: str) -> tuple[tuple[str, str], ...]:
+    """(timers, their messages) of every partition, in partition order: messages
+    kept to be sent again later, for a broker without delayed delivery."""
+    return tuple(
+        (f"{namespace}:{{{tag}}}:timers", f"{namespace}:{{{tag}}}:timed") for tag in tags()
+    )
+
+
 def legacy_index_key(namespace: str) -> str:
     """The one recovery index of key layout 0.1 (checked at start: executions
     still in it must be drained by a 0.1 worker first)."""

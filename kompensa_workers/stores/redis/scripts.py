@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 NAMES = ("expect", "claim", "commit", "renew", "release", "cancel", "due", "take_due",
-         "purge", "reopen")
+         "purge", "reopen", "schedule", "take_scheduled")
 
 
 def source(name: str) -> str:

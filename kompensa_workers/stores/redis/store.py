@@ -31,6 +31,8 @@ from .keys import (
     legacy_index_key,
     lock_key,
     partition_keys,
+    partition_of,
+    timer_keys,
     recovered_key,
     validate_namespace,
 )
@@ -307,6 +309,18 @@ class RedisStore:
         ]
         found.sort()
         return found[:limit]
+
+    def schedule(self, key: str, message: bytes, *, delay: float) -> None:
+        timers = timer_keys(self.namespace)[partition_of(key)]
+        args = [_unique_id(), _ms(max(delay, 0.0)), message]
+        self._retrying(lambda: self._call("schedule", timers, args), key)
+
+    def take_scheduled(self, limit: int = 100) -> list[bytes]:
+        # Every partition's own script, in one round trip per server.
+        calls: list[Call] = [("take_scheduled", timers, [limit])
+                             for timers in timer_keys(self.namespace)]
+        return [message for reply in self._retrying(lambda: self._call.batch(calls), "timers")
+                for message in reply]
 
     # -- operations ----------------------------------------------------------------
 

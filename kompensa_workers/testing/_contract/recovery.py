@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from ..._core.codec import encode
 from .base import ContractBase, step, write
 
@@ -106,3 +108,24 @@ class RecoveryScenarios(ContractBase):
         assert ended.status == "succeeded" and ended.result == "ok"
         assert [s.result for s in ended.steps] == ["x" * 300]
         assert store.due() == [] and "k" in list(store.keys())
+
+    def test_scheduled_messages_come_back_once_when_their_time_comes(
+        self, store: Any,
+    ) -> None:
+        if not callable(getattr(store, "schedule", None)):
+            pytest.skip("this store keeps no scheduled messages (a broker with delays needs none)")
+        # Given messages kept for later, two of them for one execution,
+        store.schedule("a", b"a-later", delay=0.4)
+        store.schedule("b", b"b-soon", delay=0.1)
+        store.schedule("b", b"b-again", delay=0.1)
+        store.schedule("c", b"c-now", delay=0)
+        # then each comes back once its time has come, and only once.
+        assert store.take_scheduled() == [b"c-now"]
+        assert store.take_scheduled() == []
+        time.sleep(0.2)
+        assert sorted(store.take_scheduled()) == [b"b-again", b"b-soon"]
+        assert store.take_scheduled() == []
+        time.sleep(0.3)
+        assert store.take_scheduled() == [b"a-later"]
+        assert store.take_scheduled() == []
+        assert list(store.keys()) == []  # they are not executions
