@@ -32,8 +32,8 @@ from .keys import (
     lock_key,
     partition_keys,
     partition_of,
-    timer_keys,
     recovered_key,
+    timer_keys,
     validate_namespace,
 )
 from .redlock import Redlock
