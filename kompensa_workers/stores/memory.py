@@ -268,7 +268,7 @@ class MemoryStore:
 
     def take_scheduled(self, limit: int = 100) -> list[bytes]:
         with self._mutex:
-            now, taken = self._clock.time(), []
+            now, taken = self._clock.time(), list[bytes]()
             while self._timers and self._timers[0][0] <= now and len(taken) < limit:
                 taken.append(heapq.heappop(self._timers)[2])
             return taken

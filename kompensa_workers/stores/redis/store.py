@@ -312,7 +312,7 @@ class RedisStore:
 
     def schedule(self, key: str, message: bytes, *, delay: float) -> None:
         timers = timer_keys(self.namespace)[partition_of(key)]
-        args = [_unique_id(), _ms(max(delay, 0.0)), message]
+        args: list[str | int | bytes] = [_unique_id(), _ms(max(delay, 0.0)), message]
         self._retrying(lambda: self._call("schedule", timers, args), key)
 
     def take_scheduled(self, limit: int = 100) -> list[bytes]:
