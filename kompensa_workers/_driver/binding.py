@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -73,6 +74,7 @@ __all__ = [
     "coroutines_run_by",
     "redis_journal",
     "saga_label",
+    "saga_path",
 ]
 
 # How long a sent saga may wait in the broker for its first delivery before
@@ -312,6 +314,22 @@ def saga_label(fn: SagaFunction) -> str:
     if not callable(fn):
         raise TypeError(f"saga_task decorates a saga function or Flow, got {fn!r}")
     return getattr(fn, "__name__", None) or saga_name(fn)
+
+
+def saga_path(fn: SagaFunction) -> str:
+    """Where ``fn`` is defined, ``module.qualname`` (``python -m pkg.mod`` runs it as
+    ``__main__``; workers know it as ``pkg.mod``)."""
+    return f"{module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
+
+
+def module_of(fn: SagaFunction) -> str:
+    """The module a worker imports ``fn`` from."""
+    module = str(getattr(fn, "__module__", None) or "?")
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            return str(spec.name)
+    return module
 
 
 @contextlib.contextmanager

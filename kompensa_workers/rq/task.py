@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from .._driver.binding import (
     SagaOptions,
     redis_journal,
     saga_label,
+    saga_path,
 )
 from .._driver.deliver import DEFAULT_MAX_DELIVERIES, SagaFunction
 from ..hooks import Hooks
@@ -60,7 +60,7 @@ def saga_task(
 
     def decorator(fn: SagaFunction) -> SagaJob:
         saga_label(fn)
-        path = name or f"{_module_of(fn)}.{getattr(fn, '__qualname__', '?')}"
+        path = name or saga_path(fn)
         binding = SagaBinding(fn, options, name=path, broker="rq", kind="job",
                               default_store=lambda: journal)
         return SagaJob(binding, queue, dict(job_options))
@@ -89,17 +89,6 @@ def _job_options(options: Mapping[str, Any]) -> dict[str, Any]:
             f"options: {', '.join(sorted(JOB_OPTIONS))}"
         )
     return chosen
-
-
-def _module_of(fn: SagaFunction) -> str:
-    """Where a worker imports ``fn``'s module from (``python -m pkg.mod`` runs it as
-    ``__main__``; workers know it as ``pkg.mod``)."""
-    module = str(getattr(fn, "__module__", None) or "?")
-    if module == "__main__":
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if spec is not None and spec.name:
-            return str(spec.name)
-    return module
 
 
 def default_store(queue: Queue) -> Store:
