@@ -14,6 +14,7 @@ import pytest
 
 from .celery_harness import CeleryHarness
 from .dramatiq_harness import DramatiqHarness
+from .kombu_harness import KombuHarness
 from .rq_harness import RQHarness
 from .servers import CI, redis_servers
 
@@ -26,6 +27,8 @@ HARNESSES: dict[str, tuple[Any, str]] = {
     "dramatiq-redis": (DramatiqHarness, "redis"),
     "dramatiq-rabbitmq": (DramatiqHarness, "rabbitmq"),
     "rq": (RQHarness, "redis"),
+    "kombu-rabbitmq": (KombuHarness, "rabbitmq"),
+    "kombu-redis": (KombuHarness, "redis"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
@@ -43,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--poll", type=float, default=DEFAULT_POLL,
                        help="seconds between looks for due delayed messages, on a broker "
                             f"without delays (default {DEFAULT_POLL:g})")
+    parse.add_argument("--transport-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="a kombu transport option, e.g. visibility_timeout=3600 "
+                            "(a JSON value, else text; repeatable)")
     parse.add_argument("--log-level", default="INFO", help="default INFO")
     return parse
 
@@ -60,6 +64,20 @@ def load(target: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise SystemExit(f"{target!r}: {module_name!r} has no {attribute!r}") from None
+
+
+def transport_options(given: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs as kombu transport options."""
+    options: dict[str, Any] = {}
+    for pair in given:
+        name, equals, value = pair.partition("=")
+        if not name or not equals:
+            raise SystemExit(f"--transport-option {pair!r}: write NAME=VALUE")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return options
 
 
 def factory(found: Any, target: str) -> Callable[..., SagaConsumer]:
@@ -84,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--threads must be at least 1, got {args.threads}")
     make = factory(load(args.target), args.target)
     recovery = args.recovery or None
-    connection = Connection(args.url)
+    connection = Connection(args.url, transport_options=transport_options(args.transport_option))
     consumers = [
         make(connection.clone(), prefetch_count=args.prefetch_count, recovery=recovery,
              poll=args.poll, background=(i == 0))
