@@ -1,6 +1,7 @@
 """The conformance scenarios (integrations/scenarios.py) on the in-process harnesses:
 a Celery worker in threads on the memory transport, Dramatiq's StubBroker with a
-worker in threads, and RQ SimpleWorkers on fakeredis. Each harness runs every
+worker in threads, and RQ SimpleWorkers on fakeredis, and SagaConsumers in threads on kombu's memory
+transport. Each harness runs every
 scenario it can (real workers: integrations/test_conformance.py)."""
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from integrations.scenarios import Scenario, pairs
 
 from .celery_stub import CeleryStubHarness
 from .dramatiq_stub import StubHarness
+from .kombu_stub import KombuStubHarness
 from .rq_stub import RQStubHarness
 
 HARNESSES: dict[str, Any] = {
     "celery-memory": CeleryStubHarness, "dramatiq-stub": StubHarness,
-    "rq-fakeredis": RQStubHarness,
+    "rq-fakeredis": RQStubHarness, "kombu-memory": KombuStubHarness,
 }
 
 
