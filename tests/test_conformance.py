@@ -1,8 +1,8 @@
 """The conformance scenarios (integrations/scenarios.py) on the in-process harnesses:
 a Celery worker in threads on the memory transport, Dramatiq's StubBroker with a
-worker in threads, and RQ SimpleWorkers on fakeredis, and SagaConsumers in threads on kombu's memory
-transport. Each harness runs every
-scenario it can (real workers: integrations/test_conformance.py)."""
+worker in threads, RQ SimpleWorkers on fakeredis, and SagaConsumers in threads on
+kombu's memory transport. Each harness runs every scenario it can (real workers:
+integrations/test_conformance.py)."""
 
 from __future__ import annotations
 
