@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any
 
 import fakeredis
 from kombu.connection import Connection

@@ -15,7 +15,7 @@ import kompensa_workers
 
 ROOT = Path(kompensa_workers.__file__).parent
 PACKAGE = "kompensa_workers"
-ADAPTERS = ("celery", "dramatiq", "rq")
+ADAPTERS = ("celery", "dramatiq", "rq", "kombu")
 # The public surface users import; the core may use hooks (the extension
 # interface it calls), errors and retry, as every layer may.
 PUBLIC = ("errors", "retry", "hooks", "flow", "testing")

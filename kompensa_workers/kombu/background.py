@@ -7,18 +7,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any
 
+from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from .._driver.recovery import journals
 from ..errors import KompensaError
 from ..stores.protocol import Store
+from .handler import SagaHandler
 from .messages import Outgoing
 from .recovery import recover
-
-if TYPE_CHECKING:
-    from .consumer import SagaConsumer
 
 __all__ = ["Background", "send_due"]
 
@@ -27,9 +27,17 @@ RESEND_FAILED_AFTER = 1.0  # a due message whose send failed is kept for this lo
 
 
 class Background(threading.Thread):
-    def __init__(self, consumer: SagaConsumer) -> None:
+    """Every ``poll`` seconds (``timers``: the broker has no delays) the due delayed
+    messages; every ``recovery`` seconds (None: never) a recovery pass."""
+
+    def __init__(self, connection: Connection, handlers: Sequence[SagaHandler], *,
+                 timers: bool, poll: float, recovery: float | None) -> None:
         super().__init__(name="kompensa-kombu", daemon=True)
-        self.consumer = consumer
+        self.connection = connection
+        self.handlers = handlers
+        self.timers = timers
+        self.poll = poll
+        self.recovery = recovery
         self.stopped = threading.Event()
 
     def stop(self) -> None:
@@ -37,28 +45,26 @@ class Background(threading.Thread):
         self.join(10)
 
     def run(self) -> None:
-        consumer = self.consumer
-        timers = not consumer.delays_in_broker
-        if not timers and consumer.recovery is None:
+        if not self.timers and self.recovery is None:
             return
-        next_recovery = time.monotonic() + (consumer.recovery or 0.0)
-        with consumer.connection.clone() as connection:
-            while not self.stopped.wait(consumer.poll if timers else 0.5):
+        next_recovery = time.monotonic() + (self.recovery or 0.0)
+        with self.connection.clone() as connection:
+            while not self.stopped.wait(self.poll if self.timers else 0.5):
                 try:
-                    if timers:
-                        send_due(connection, consumer)
-                    if consumer.recovery is not None and time.monotonic() >= next_recovery:
-                        next_recovery = time.monotonic() + consumer.recovery
-                        recover(connection, consumer.handlers)
+                    if self.timers:
+                        send_due(connection, self.handlers)
+                    if self.recovery is not None and time.monotonic() >= next_recovery:
+                        next_recovery = time.monotonic() + self.recovery
+                        recover(connection, self.handlers)
                 except Exception:
                     logger.exception("kombu consumer's background pass failed; trying again")
                     connection.close()  # a fresh connection on the next use
 
 
-def send_due(connection: object, consumer: SagaConsumer) -> int:
+def send_due(connection: Any, handlers: Sequence[SagaHandler]) -> int:
     """Publish the delayed messages whose time has come; returns how many."""
-    stores = journals([h.saga for h in consumer.handlers], lambda: consumer.handlers[0].store)
-    queues = {h.queue.name: h.queue for h in consumer.handlers}
+    stores = journals([h.saga for h in handlers], lambda: handlers[0].store)
+    queues = {h.queue.name: h.queue for h in handlers}
     producer = Producer(connection)
     sent = 0
     for store in stores:

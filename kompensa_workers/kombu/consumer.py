@@ -25,10 +25,11 @@ from kombu.messaging import Producer
 from kombu.mixins import ConsumerMixin
 from kombu.serialization import registry
 
-from .._core.check import count, number
 from .._driver.dispatch import Action, Raise, Return, SendAgain
+from .._driver.values import count, number
 from ..errors import KompensaError
 from ..stores.protocol import Store
+from .background import Background
 from .handler import SagaHandler
 from .messages import (
     RECORDED,
@@ -83,6 +84,7 @@ class SagaConsumer(ConsumerMixin):
         self._wait_queues = WaitQueues()
         for handler in self.handlers:
             handler.bind(connection)
+            handler.store  # noqa: B018 - a handler with no journal is refused at once
 
     def __repr__(self) -> str:
         return f"<SagaConsumer of {', '.join(h.queue.name for h in self.handlers)}>"
@@ -103,9 +105,8 @@ class SagaConsumer(ConsumerMixin):
         """Consume until ``should_stop`` is set; the background thread beside it."""
         background = None
         if self.background:
-            from .background import Background
-
-            background = Background(self)
+            background = Background(self.connection, self.handlers, recovery=self.recovery,
+                                    timers=not self.delays_in_broker, poll=self.poll)
             background.start()
         try:
             super().run(_tokens, **kwargs)

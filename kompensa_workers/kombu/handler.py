@@ -149,6 +149,7 @@ class SagaHandler:
         chosen = {**self.defaults, **publish_options(f"{self.name}.publish", options,
                                                      properties=True)}
         self.bind(connection)
+        self.store  # noqa: B018 - no journal at all is refused here, not said in a warning
         self.saga.check_arguments((body,), {})
         message_id = message_id or uuid.uuid4().hex
         self.key_of(body, message_id)  # a body the key cannot be read from: refused here

@@ -29,7 +29,7 @@ from typing import Any
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
-from .._core.codec import decode, encode
+from .._driver.values import decode, encode
 
 __all__ = [
     "ERROR", "ERROR_TYPE", "FAILED_STEP", "KEY", "RECORDED", "SAGA", "TOKEN", "TRACE",
