@@ -136,6 +136,8 @@ class KombuBase:
 class KombuWorker(WorkerProcess):
     """``python -m kompensa_workers.kombu`` with ``threads`` consumers."""
 
+    single_process = True  # its threads run the sagas: there is no child to kill
+
     def __init__(self, env: dict[str, str], threads: int, name: str, recovery: float) -> None:
         options = [] if env["KW_BROKER_URL"].startswith("amqp") else [
             "--transport-option", f"visibility_timeout={VISIBILITY_TIMEOUT}",

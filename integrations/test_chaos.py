@@ -2,7 +2,8 @@
 zombie resumed after its lease expired, and one kill -9 and restart of the Redis that
 holds the journal (and RQ's queues, and Celery's in the ``celery-redis`` run; the
 ``celery`` and ``dramatiq`` runs use RabbitMQ), over a few hundred sagas
-(``integrations/apps/chaos.py``). The ``rq-cluster`` run keeps the journal on a Redis
+(``integrations/apps/chaos.py``); the ``kombu`` run is plain kombu consumers on
+RabbitMQ. The ``rq-cluster`` run keeps the journal on a Redis
 Cluster (3 masters, 3 replicas, ``wait_replicas=1``) and instead kills a master with
 kill -9: its replica takes over, and the old master comes back as its replica. Then
 every execution must be terminal, agree with the ledgers, and no effect or refund may
@@ -37,6 +38,7 @@ from kompensa_workers.stores.redis.keys import journal_key
 from .celery_harness import CeleryHarness
 from .cluster import LocalCluster, redis_cluster
 from .dramatiq_harness import DramatiqHarness
+from .kombu_harness import KombuHarness
 from .processes import proc_stat, session_members
 from .rq_harness import RQHarness
 from .servers import RedisServer, redis_servers
@@ -86,6 +88,8 @@ class Fleet:
         """The processes that run tasks: pool children, Dramatiq's worker process,
         RQ's work horse (the one in a process group of its own)."""
         main = self.main(worker).pid
+        if getattr(worker, "single_process", False):  # its threads run the tasks
+            return [main] if self.main(worker).poll() is None else []
         members = [pid for pid in session_members(main) if pid != main]
         if hasattr(worker, "processes"):
             members = [pid for pid in members if process_group(pid) == pid]
@@ -99,7 +103,7 @@ class Fleet:
         worker = rng.choice(victims)
         children = self.children(worker)
         with contextlib.suppress(ProcessLookupError):
-            if children and rng.random() < 0.6:
+            if children and rng.random() < 0.6 and not getattr(worker, "single_process", False):
                 os.kill(rng.choice(children), signal.SIGKILL)
                 self.kills["task process"] += 1
             elif hasattr(worker, "processes"):  # RQ: the horse lives on, orphaned
@@ -338,7 +342,10 @@ def write_results() -> Iterator[None]:
         "The rq-cluster row keeps the journal on a Redis Cluster of 3 masters and 3 "
         "replicas (append-only, `wait_replicas=1`; RQ's queues on the private server), "
         "and its Redis stunt is a kill -9 of the master holding a running saga: its "
-        "replica is promoted and the old master restarted as its replica. "
+        "replica is promoted and the old master restarted as its replica. The kombu "
+        "row runs plain kombu consumers on RabbitMQ (`python -m kompensa_workers.kombu`, "
+        "2 consumer threads each, one process: each kill -9 takes the whole consumer; "
+        "retries wait in RabbitMQ wait queues). "
         "Every execution ended terminal and matched the ledgers, with no effect or "
         "refund applied twice; the raw ledger counts every execution of a step body, "
         "and its excess is the at-least-once window: steps re-run after a kill, under "
@@ -376,6 +383,8 @@ def make_harness(broker: str, url: str) -> Any:
         # worker drops the messages it had prefetched and not started, and they stay
         # assigned to that live worker until it stops (README, Dramatiq caveats).
         return DramatiqHarness(RABBITMQ, url, lock_ttl=LOCK_TTL)
+    if broker == "kombu":  # plain kombu consumers on RabbitMQ
+        return KombuHarness(RABBITMQ, url, lock_ttl=LOCK_TTL)
     return RQHarness(url, url, lock_ttl=LOCK_TTL)
 
 
@@ -389,7 +398,8 @@ def journal_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster | N
         yield cluster
 
 
-@pytest.mark.parametrize("broker", ["celery", "celery-redis", "dramatiq", "rq", "rq-cluster"])
+@pytest.mark.parametrize("broker", ["celery", "celery-redis", "dramatiq", "rq", "rq-cluster",
+                                    "kombu"])
 def test_chaos(broker: str, journal_server: RedisServer, journal_cluster: LocalCluster | None,
                report: list[str]) -> None:
     harness = make_harness(broker.removesuffix("-cluster"), journal_server.url)
@@ -401,7 +411,7 @@ def test_chaos(broker: str, journal_server: RedisServer, journal_cluster: LocalC
         store = RedisStore(journal_cluster.client(), namespace=harness.namespace,
                            wait_replicas=1)
         harness.store = store
-    concurrency = 1 if broker.startswith("rq") else 2
+    concurrency = 1 if broker.startswith("rq") else 2  # kombu: consumer threads
     fleet = Fleet(lambda: harness.start_worker(concurrency=concurrency), WORKERS)
     run = Run(harness, journal_server, fleet, redis.Redis.from_url(LEDGER_URL),
               harness.namespace, cluster=journal_cluster)
