@@ -3,6 +3,7 @@ how its messages are published and read."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -200,6 +201,28 @@ class SagaHandler:
                 "handler derives no key from the body; publish it with handler.publish() "
                 "(or set kombu's message_id), or give saga_consumer a key=")
         return str(message_id)
+
+    def get_saga_result(self, key: str, *, block: bool = False, timeout: float = 10.0) -> Any:
+        """The result of execution ``key`` (the message id ``publish`` returned, or
+        the business key) once it has ended; a failed saga raises its own
+        SagaFailed / CompensationFailed / SagaCancelled. Not ended yet: None, or with
+        ``block`` wait up to ``timeout`` seconds, then TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            execution = self.store.get(key)
+            if execution is not None and execution.terminal:
+                if execution.status == "succeeded":
+                    return execution.result
+                error = execution.exception()
+                assert error is not None
+                raise error
+            if not block:
+                return None
+            if time.monotonic() >= deadline:
+                state = execution.status if execution is not None else "not in the journal"
+                raise TimeoutError(f"saga {self.name!r} [{key}] has not ended after "
+                                   f"{timeout:g}s ({state})")
+            time.sleep(0.05)
 
     def error_of(self, message: Any) -> KompensaError:
         """The error a message of ``<queue>.failed`` was failed with: the saga's own
