@@ -27,7 +27,7 @@ from kompensa_workers import (
 from kompensa_workers.kombu import SagaConsumer, recover, saga_consumer
 from kompensa_workers.kombu.__main__ import main as cli_main
 from kompensa_workers.kombu.__main__ import transport_options
-from kompensa_workers.kombu.messages import ERROR, ERROR_TYPE, FAILED_STEP, delay_ms
+from kompensa_workers.kombu.messages import ERROR, ERROR_TYPE, FAILED_STEP, Outgoing, delay_ms
 
 ran: list[str] = []
 
@@ -291,3 +291,19 @@ def test_cli_says_what_is_wrong_with_its_arguments(capsys: Any) -> None:
 def test_delays_are_rounded_up_to_two_significant_digits() -> None:
     assert [delay_ms(s) for s in (0.0001, 0.05, 1.0, 1.234, 4.0, 61.5)] == [
         1, 50, 1000, 1300, 4000, 62000]
+
+
+def test_a_message_sent_again_keeps_its_own_headers_not_the_brokers() -> None:
+    class Received:
+        body = b'{"order": "1"}'
+        content_type, content_encoding = "application/json", "utf-8"
+        headers = {"tenant": "acme", "x-trace-id": "t1", "x-death": [{"count": 1}],
+                   "x-first-death-queue": "orders.wait.1000", "kompensa-lease-token": "old"}
+        properties = {"message_id": "m-1", "delivery_tag": 7, "priority": 3}
+
+    again = Outgoing.again(Received(), "orders", **{"kompensa-lease-token": "new"})
+    assert again.headers == {"tenant": "acme", "x-trace-id": "t1",
+                             "kompensa-lease-token": "new"}
+    assert again.properties == {"message_id": "m-1", "priority": 3}
+    key, kept = Outgoing.from_bytes(again.to_bytes("k"))
+    assert (key, kept) == ("k", again)

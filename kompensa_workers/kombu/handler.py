@@ -28,7 +28,7 @@ from ..errors import KompensaError, StoredError
 from ..hooks import Hooks
 from ..retry import Retry
 from ..stores.protocol import Store
-from .messages import ERROR, ERROR_TYPE, KEY, RECORDED, SAGA, own_headers
+from .messages import ERROR, ERROR_TYPE, KEY, PREFIX, RECORDED, SAGA, own_headers, sent_headers
 
 __all__ = ["PUBLISH_OPTIONS", "SagaHandler", "saga_consumer"]
 
@@ -176,7 +176,8 @@ class SagaHandler:
         kept = {k: v for k, v in options.items() if k in PUBLISH_OPTIONS}
         return Dispatch("kombu", self.name, message_id, (body,), {}, {
             "queue": self.queue.name, "publish": kept,
-            "headers": {k: v for k, v in headers.items() if k not in own_headers(headers)},
+            "headers": {k: v for k, v in sent_headers(headers).items()
+                        if not k.startswith(PREFIX)},
         })
 
     # -- receiving ------------------------------------------------------------------

@@ -56,9 +56,21 @@ REDECLARE_AFTER = 60.0  # a wait queue is declared again this often (keeps it al
 ERROR_TEXT_LIMIT = 4000
 
 
+# Headers RabbitMQ adds as it dead-letters or redelivers: not the message's own.
+BROKER_HEADERS = frozenset({
+    "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
+})
+
+
 def own_headers(headers: Mapping[str, Any]) -> Iterable[str]:
     """The names of ``headers`` that are the journal's own."""
     return (name for name in headers if str(name).startswith(PREFIX))
+
+
+def sent_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """``headers`` as their sender set them: without the broker's bookkeeping."""
+    return {k: v for k, v in headers.items() if k not in BROKER_HEADERS}
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class Outgoing:
     @classmethod
     def again(cls, message: Any, queue: str, **headers: Any) -> Outgoing:
         """``message`` again, with ``headers`` set (a None value removes one)."""
-        kept = dict(message.headers or {})
+        kept = sent_headers(message.headers or {})
         for name, value in headers.items():
             kept.pop(name, None)
             if value is not None:
