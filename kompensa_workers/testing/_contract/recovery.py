@@ -115,17 +115,27 @@ class RecoveryScenarios(ContractBase):
         if not callable(getattr(store, "schedule", None)):
             pytest.skip("this store keeps no scheduled messages (a broker with delays needs none)")
         # Given messages kept for later, two of them for one execution,
-        store.schedule("a", b"a-later", delay=0.4)
-        store.schedule("b", b"b-soon", delay=0.1)
-        store.schedule("b", b"b-again", delay=0.1)
-        store.schedule("c", b"c-now", delay=0)
-        # then each comes back once its time has come, and only once.
-        assert store.take_scheduled() == [b"c-now"]
-        assert store.take_scheduled() == []
-        time.sleep(0.2)
-        assert sorted(store.take_scheduled()) == [b"b-again", b"b-soon"]
-        assert store.take_scheduled() == []
-        time.sleep(0.3)
-        assert store.take_scheduled() == [b"a-later"]
+        delays = {b"c-now": 0.0, b"b-soon": 0.15, b"b-again": 0.15, b"a-later": 0.45}
+        due: dict[bytes, tuple[float, float]] = {}  # earliest, latest due time
+        for message, delay in delays.items():
+            sent = time.monotonic()
+            store.schedule(message[:1].decode(), message, delay=delay)
+            due[message] = (sent + delay, time.monotonic() + delay)
+        # then each comes back once its time has come (what is due when a take
+        # starts is in it; what is not due when it ends is not), and only once.
+        taken: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while len(taken) < len(delays) and time.monotonic() < deadline:
+            before = time.monotonic()
+            batch = store.take_scheduled()
+            after = time.monotonic()
+            for message, (earliest, latest) in due.items():
+                if latest <= before - 0.005 and message not in taken:
+                    assert message in batch, (message, batch)
+                if earliest > after + 0.005:
+                    assert message not in batch, (message, batch)
+            taken += batch
+            time.sleep(0.05)
+        assert sorted(taken) == sorted(delays)  # each once
         assert store.take_scheduled() == []
         assert list(store.keys()) == []  # they are not executions
