@@ -75,6 +75,19 @@ class RedisServer:
         return redis.Redis(host=self.host, port=self.port, **options)  # type: ignore[arg-type]
 
     def start(self) -> RedisServer:
+        """Start it (again, on the same port, after a kill). A first start whose
+        port another process took meanwhile (the suite may run in several
+        processes) moves to another free port."""
+        first = self.process is None
+        for _ in range(5):
+            if self._start_once():
+                return self
+            if not first:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def _start_once(self) -> bool:
         command = [
             self.binary, "--port", str(self.port), "--bind", self.host,
             "--protected-mode", "no" if self.host != "127.0.0.1" else "yes",
@@ -86,17 +99,22 @@ class RedisServer:
             command += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
                         self.tls[0], "--tls-key-file", self.tls[1], "--tls-auth-clients", "no"]
         command += self.args
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                self.client(socket_connect_timeout=0.2).ping()
-                return self
+        while time.monotonic() < deadline and process.poll() is None:
+            try:  # ours, not another process's server on this port
+                info = self.client(socket_connect_timeout=0.2).info("server")
+                if int(info["process_id"]) == process.pid:
+                    return True
             except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+                pass
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        return False
 
     def kill(self) -> None:
         """kill -9: no shutdown, no final save."""
