@@ -27,6 +27,14 @@ RECOVER = {
                 "from kompensa_workers.dramatiq import recover\n",
     "rq": "from integrations.apps.rq_app import queue as target\n"
           "from kompensa_workers.rq import recover\n",
+    # kombu has no app object: the connection and the declared handlers.
+    "kombu": "import os\nfrom kombu import Connection\n"
+             "from integrations.apps.kombu_app import HANDLERS\n"
+             "from kompensa_workers.kombu import recover as recover_on\n"
+             "target = list(HANDLERS.values())\n"
+             "def recover(handlers):\n"
+             "    with Connection(os.environ['KW_BROKER_URL']) as connection:\n"
+             "        return recover_on(connection, handlers)\n",
 }
 
 
