@@ -114,6 +114,8 @@ def test_consumer_refuses_bad_handlers_and_pickle(conn: Connection, queue: Queue
         SagaConsumer(conn, [handler, handler_on(queue, MemoryStore())])
     with pytest.raises(ValueError, match="never accepted"):
         SagaConsumer(conn, handler, accept=["json", "pickle"])
+    with pytest.raises(ValueError, match="never accepted"):  # pickle by its content type
+        SagaConsumer(conn, handler, accept=["application/x-python-serialize"])
     with pytest.raises(ValueError, match="prefetch_count"):
         SagaConsumer(conn, handler, prefetch_count=0)
 

@@ -30,7 +30,7 @@ from .._driver.values import count, number
 from ..errors import KompensaError
 from ..stores.protocol import Store
 from .background import Background
-from .handler import SagaHandler
+from .handler import SagaHandler, runs_code
 from .messages import (
     RECORDED,
     TOKEN,
@@ -215,7 +215,7 @@ def _accept(accept: Iterable[str]) -> tuple[str, ...]:
     if not chosen:
         raise ValueError("SagaConsumer: accept names no content type")
     for name in chosen:
-        if "pickle" in name or "yaml" in name:
+        if runs_code(name):
             raise ValueError(f"SagaConsumer: accept {name!r}: a serializer that runs code "
                              "when it decodes is never accepted")
     return chosen

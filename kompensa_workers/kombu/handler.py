@@ -28,7 +28,7 @@ from ..errors import KompensaError, StoredError
 from ..hooks import Hooks
 from ..retry import Retry
 from ..stores.protocol import Store
-from .messages import ERROR, ERROR_TYPE, KEY, PREFIX, RECORDED, SAGA, own_headers, sent_headers
+from .messages import ERROR, ERROR_TYPE, KEY, RECORDED, SAGA, own_headers, sent_headers
 
 __all__ = ["PUBLISH_OPTIONS", "SagaHandler", "saga_consumer"]
 
@@ -36,6 +36,12 @@ __all__ = ["PUBLISH_OPTIONS", "SagaHandler", "saga_consumer"]
 PUBLISH_OPTIONS = frozenset({"serializer", "compression", "delivery_mode", "priority"})
 # Serializers that run code when they decode: never.
 REFUSED_SERIALIZERS = frozenset({"pickle", "yaml"})
+
+
+def runs_code(serializer: str) -> bool:
+    """Whether ``serializer`` (a kombu name or a content type) runs code when it
+    decodes: pickle, yaml."""
+    return registry.type_to_name.get(serializer, serializer) in REFUSED_SERIALIZERS
 
 
 def saga_consumer(
@@ -174,10 +180,10 @@ class SagaHandler:
                  options: Mapping[str, Any]) -> Dispatch:
         """How recovery publishes this message again, should it be lost."""
         kept = {k: v for k, v in options.items() if k in PUBLISH_OPTIONS}
+        own = set(own_headers(headers))
         return Dispatch("kombu", self.name, message_id, (body,), {}, {
             "queue": self.queue.name, "publish": kept,
-            "headers": {k: v for k, v in sent_headers(headers).items()
-                        if not k.startswith(PREFIX)},
+            "headers": {k: v for k, v in sent_headers(headers).items() if k not in own},
         })
 
     # -- receiving ------------------------------------------------------------------
@@ -251,7 +257,7 @@ def publish_options(owner: str, options: Mapping[str, Any], *,
                         f"options: {', '.join(sorted(allowed))}")
     serializer = chosen.get("serializer")
     if serializer is not None:
-        if serializer in REFUSED_SERIALIZERS:
+        if runs_code(serializer):
             raise ValueError(f"{owner}: serializer {serializer!r} runs code when it decodes; "
                              "use json or msgpack")
         if serializer not in registry._encoders:
