@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 
 BENCHES := cost journal-cpu memory throughput storm recovery cluster
 
-.PHONY: demo test lint unit integration chaos bench $(addprefix bench-,$(BENCHES)) clean
+.PHONY: demo test lint docs browser unit integration chaos bench $(addprefix bench-,$(BENCHES)) clean
 
 $(VENV)/.core: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -33,7 +33,15 @@ integration: $(VENV)/.dev
 	$(BIN)/python scripts/services.py
 	$(BIN)/python -m pytest integrations
 
-test: lint
+# The docs site (MkDocs): every warning is an error.
+docs: $(VENV)/.dev
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
+# Chromium and chromedriver for the dashboard's browser tests (installed when missing).
+browser:
+	$(PYTHON) scripts/browser.py
+
+test: lint docs browser
 	$(BIN)/python scripts/services.py
 	$(BIN)/python -m pytest tests integrations
 
@@ -51,4 +59,4 @@ $(addprefix bench-,$(BENCHES)): bench-%: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.$(subst -,_,$*) $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis
