@@ -234,6 +234,35 @@ def test_an_unreachable_redis_is_one_line(server: RedisServer) -> None:
     assert done.stderr.count("\n") == 1
 
 
+def test_the_journal_options_go_before_or_after_the_command(server: RedisServer) -> None:
+    """`list --redis-url … --namespace …` works as `--redis-url … list` does; given in
+    both places, the one after the command wins."""
+    nowhere = "redis://127.0.0.1:1/0"
+    env = {k: v for k, v in os.environ.items()
+           if k not in COLOUR_ENV and not k.startswith("KOMPENSA_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kompensa_workers", *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    after = run("list", "--json", "--redis-url", server.url, "--namespace", NAMESPACE)
+    before = run("--redis-url", server.url, "--namespace", NAMESPACE, "list", "--json")
+    assert after.returncode == before.returncode == 0, after.stderr + before.stderr
+    keys = {e["key"] for e in json.loads(after.stdout)["executions"]}
+    assert "order-paid" in keys
+    assert keys == {e["key"] for e in json.loads(before.stdout)["executions"]}
+
+    wins = run("--redis-url", nowhere, "show", "order-paid", "--redis-url", server.url,
+               "--namespace", NAMESPACE)
+    assert wins.returncode == 0, wins.stderr
+    assert "execution order-paid" in wins.stdout
+    loses = run("--redis-url", server.url, "show", "order-paid", "--redis-url", nowhere)
+    assert loses.returncode == 5
+    assert loses.stderr.startswith(f"kompensa-workers: cannot reach Redis at {nowhere}")
+    # Not the journal's options: demo keeps its own --redis-url.
+    assert "--namespace" not in run("demo", "--help").stdout
+
+
 def test_purge_deletes_ended_executions_but_keeps_those_needing_a_person(
     server: RedisServer,
 ) -> None:

@@ -126,6 +126,20 @@ class Journal:
     namespace: str
     cluster: bool = False
     _store: Any = None
+    _level: int | None = None  # the library logger's level while hushed
+
+    def hush(self) -> None:
+        """Only errors from the library on stderr (its warnings are for workers)."""
+        library = logging.getLogger("kompensa_workers")
+        if self._level is None:
+            self._level = library.level
+        library.setLevel(logging.ERROR)
+
+    def speak(self) -> None:
+        """The library's logging as it was before :meth:`hush`."""
+        if self._level is not None:
+            logging.getLogger("kompensa_workers").setLevel(self._level)
+            self._level = None
 
     @property
     def store(self) -> Any:
@@ -207,31 +221,79 @@ def emit(data: Any) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for programs")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+HELP = {
+    "redis_url": "the journal's Redis (env KOMPENSA_REDIS_URL)",
+    "namespace": "the journal's key namespace (env KOMPENSA_NAMESPACE)",
+    "cluster": "--redis-url names a node of a Redis Cluster (env KOMPENSA_REDIS_CLUSTER=1)",
+    "verbose": "also print the library's warnings (the Redis server checks: eviction "
+               "policy, persistence); workers log them anyway",
+}
+
+
+class Commands(click.Group):
+    """The command group: the journal's options (``--redis-url``, ``--namespace``,
+    ``--cluster``, ``-v``) are taken before the command name or after it
+    (``kompensa-workers list --redis-url …``); given after, they win."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if (name or cmd.name) != "demo":  # demo has its own --redis-url and --cluster
+            cmd.params.extend(_journal_options())
+        super().add_command(cmd, name)
+
+
+def _journal_options() -> list[click.Parameter]:
+    """The group's journal options, again for one command: each updates the Journal
+    the group made, and only when given (the group already read the environment)."""
+
+    def setter(attribute: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+        def apply(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+            if value is not None and value is not False:
+                journal = ctx.find_object(Journal)
+                assert journal is not None  # the group made it
+                setattr(journal, attribute, value)
+        return apply
+
+    def verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            journal = ctx.find_object(Journal)
+            assert journal is not None
+            journal.speak()
+
+    return [
+        click.Option(["--redis-url"], metavar="URL", expose_value=False,
+                     callback=setter("url"), help=HELP["redis_url"]),
+        click.Option(["--namespace"], metavar="NAME", expose_value=False,
+                     callback=setter("namespace"), help=HELP["namespace"]),
+        click.Option(["--cluster"], is_flag=True, default=None, expose_value=False,
+                     callback=setter("cluster"), help=HELP["cluster"]),
+        click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
+                     callback=verbose, help=HELP["verbose"]),
+    ]
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--redis-url", envvar="KOMPENSA_REDIS_URL", default="redis://localhost:6379/0",
-              show_default=True, help="the journal's Redis (env KOMPENSA_REDIS_URL)")
+              show_default=True, help=HELP["redis_url"])
 @click.option("--namespace", envvar="KOMPENSA_NAMESPACE", default="kompensa",
-              show_default=True, help="the journal's key namespace (env KOMPENSA_NAMESPACE)")
+              show_default=True, help=HELP["namespace"])
 @click.option("--cluster", is_flag=True, envvar="KOMPENSA_REDIS_CLUSTER",
-              help="--redis-url names a node of a Redis Cluster (env KOMPENSA_REDIS_CLUSTER=1)")
-@click.option("-v", "--verbose", is_flag=True,
-              help="also print the library's warnings (the Redis server checks: "
-                   "eviction policy, persistence); workers log them anyway")
+              help=HELP["cluster"])
+@click.option("-v", "--verbose", is_flag=True, help=HELP["verbose"])
 @click.pass_context
 def main(ctx: click.Context, redis_url: str, namespace: str, cluster: bool,
          verbose: bool) -> None:
     """Sagas that survive what real queues do: look at executions, cancel them,
-    recover what dead workers held, purge what has ended.
+    recover what dead workers held, purge what has ended, or watch them in a browser
+    (web). The journal's options go before or after the command name.
 
     Exit codes: 0 done, 1 unexpected error, 2 bad usage, 3 no such execution,
     4 the execution's state does not allow it, 5 Redis cannot be reached.
     """
+    journal = Journal(redis_url, namespace, cluster)
     if not verbose:  # stderr is this command's own: one line a program can read
-        library = logging.getLogger("kompensa_workers")
-        previous = library.level
-        library.setLevel(logging.ERROR)
-        ctx.call_on_close(lambda: library.setLevel(previous))
-    ctx.obj = Journal(redis_url, namespace, cluster)
+        journal.hush()
+        ctx.call_on_close(journal.speak)
+    ctx.obj = journal
 
 
 @main.command("list")
