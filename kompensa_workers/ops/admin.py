@@ -30,6 +30,7 @@ __all__ = [
     "get",
     "mark_resolved",
     "purge",
+    "purge_one",
     "retry_compensation",
 ]
 
@@ -175,6 +176,21 @@ def purge(
         except ValueError:  # not ended any more
             continue
     return Purged(tuple(deleted), dry_run, tuple(skipped))
+
+
+def purge_one(store: Store, key: str) -> Purged:
+    """Delete the record of one execution that has ended, whatever its age
+    (``compensation_failed`` included: a person decided)."""
+    execution = get(store, key)
+    if not execution.terminal:
+        raise AdminError("wrong_status", key,
+                         f"execution {key!r} is {execution.status}, not ended: cancel it first")
+    try:
+        if not store.purge(key):
+            raise _changed(key)
+    except ValueError:  # resumed since the read
+        raise _changed(key) from None
+    return Purged((key,), dry_run=False)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ Errors are one line on stderr; exit codes:
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import logging
 import re
@@ -543,19 +544,21 @@ def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
     return previous
 
 
-def _load(target: str) -> Any:
+def _load(target: str, option: str = "--app") -> Any:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise Failure(f"--app {target!r}: write MODULE:ATTR, e.g. shop.tasks:app", 2)
+        raise Failure(f"{option} {target!r}: write MODULE:ATTR, e.g. shop.tasks:app", 2)
     sys.path.insert(0, "")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise Failure(f"--app {target!r}: cannot import {module_name!r}: {exc}", 2) from None
+        raise Failure(f"{option} {target!r}: cannot import {module_name!r}: {exc}",
+                      2) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise Failure(f"--app {target!r}: {module_name!r} has no {attribute!r}", 2) from None
+        raise Failure(f"{option} {target!r}: {module_name!r} has no {attribute!r}",
+                      2) from None
 
 
 def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
@@ -577,6 +580,60 @@ def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
         return lambda: rq_recover(app, journal.store)
     raise Failure(f"--app: {app!r} is not a Celery app, a Dramatiq broker, an RQ Queue "
                   "or a Redis connection", 2)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="the address to serve on (not a loopback one only with --token)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--token", envvar="KOMPENSA_WEB_TOKEN", metavar="SECRET",
+              help="lets people (login form) and programs (Authorization: Bearer) act: "
+                   "cancel, retry compensation, mark resolved, purge; without it the "
+                   "dashboard is read-only (env KOMPENSA_WEB_TOKEN, which keeps it out "
+                   "of the process list)")
+@click.option("--redact", "redactor", metavar="MODULE:FUNC",
+              help="shown arguments and results pass through FUNC(value) -> value "
+                   "(default: values under keys such as password, token, card are masked)")
+@click.option("--refresh", type=Duration(), default=3.0, show_default=True,
+              help="how often an open page updates itself (0: never)")
+@click.pass_obj
+def web(journal: Journal, host: str, port: int, token: str | None, redactor: str | None,
+        refresh: float) -> None:
+    """Serve the dashboard: executions by status, one execution as a timeline of its
+    steps, attempts, broker waits, compensations and lease grants, and (with a token)
+    the operator's actions. JSON of the same under /api/."""
+    if token is not None and not token.strip():
+        raise Failure("--token is empty: give a secret, or leave it out for a read-only "
+                      "dashboard", 2)
+    if token is None and not loopback(host):
+        raise Failure(f"--host {host}: serving beyond this machine needs --token (or "
+                      "KOMPENSA_WEB_TOKEN); without one, bind to 127.0.0.1", 2)
+    try:
+        import uvicorn
+
+        from .web import create_app
+    except ImportError as exc:
+        raise Failure(f"the dashboard needs the web extra ({exc.name} is missing): "
+                      "pip install 'kompensa-workers[web]'", 2) from None
+    redact = _load(redactor, "--redact") if redactor else None
+    if redact is not None and not callable(redact):
+        raise Failure(f"--redact {redactor!r} is not a function", 2)
+    journal.call(lambda: next(iter(journal.store.keys()), None))  # reachable: say so now
+    app = create_app(journal.store, token=token, redact=redact, refresh=refresh)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"dashboard of {journal.where()} on http://{shown}:{port}/ "
+               f"({'read-only' if token is None else 'actions need the token'}; Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -14,7 +14,7 @@ from typing import Any
 from .._core.failures import ErrorInfo
 from .._core.records import Execution, StepRecord
 
-__all__ = ["Line", "age", "describe", "render", "styled", "summary"]
+__all__ = ["Line", "age", "clock_text", "describe", "error_text", "render", "styled", "summary"]
 
 
 def _when(at: float | None) -> str | None:
@@ -117,6 +117,16 @@ def _clock(at: float | None) -> str:
         return "--:--:--.---"
     stamp = datetime.fromtimestamp(at, tz=timezone.utc)
     return stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
+
+
+def clock_text(at: float | None) -> str:
+    """``at`` as a time of day in UTC, to the millisecond."""
+    return _clock(at)
+
+
+def error_text(info: ErrorInfo) -> str:
+    """``TypeName: message``."""
+    return f"{info.type_name}: {info.message}"
 
 
 Line = tuple[str, str]
