@@ -310,3 +310,31 @@ def test_the_cli_lists_shows_and_cancels_across_every_master(cluster: LocalClust
     assert cli("show", keys[-1])["status"] == "succeeded"
     cli("cancel", keys[0])
     assert store.get(keys[0]).cancel_requested  # type: ignore[union-attr]
+
+
+def test_the_dashboard_lists_shows_and_cancels_across_every_master(
+    cluster: LocalCluster,
+) -> None:
+    import warnings
+
+    from kompensa_workers.ops.web import create_app
+
+    with warnings.catch_warnings():  # it asks for httpx2 in place of httpx: either works
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    namespace = f"web-{uuid.uuid4().hex[:6]}"
+    store = RedisStore(cluster.client(), namespace=namespace)
+    keys = ids_on_every_master(cluster, namespace, 3)
+    for key in keys[1:]:
+        SagaRunner(store).run(three_steps, idempotency_key=key)
+    store.claim(keys[0], saga="s", fingerprint="fp", lease_token=None, lock_ttl=30,
+                at=time.time())
+    web = TestClient(create_app(store, token="t"))
+    listed = web.get("/api/executions").json()
+    assert listed["total"] == len(keys)
+    assert (listed["counts"]["running"], listed["counts"]["succeeded"]) == (1, len(keys) - 1)
+    assert web.get(f"/executions/{keys[-1]}").status_code == 200
+    done = web.post(f"/api/actions/cancel/{keys[0]}", headers={"Authorization": "Bearer t"})
+    assert done.status_code == 200
+    assert store.get(keys[0]).cancel_requested  # type: ignore[union-attr]
