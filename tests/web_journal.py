@@ -95,3 +95,37 @@ def fill(store: Store) -> dict[str, str]:
     return {"succeeded": ODD_KEY, "compensated": "order-1002",
             "compensation_failed": "order-1003", "waiting": "order-1004",
             "hostile": HOSTILE_KEY}
+
+
+def ship_fails() -> None:
+    time.sleep(0.1)
+    raise PermanentError("carrier rejected the parcel: address incomplete")
+
+
+def takes(seconds: float, value: Any = None) -> Any:
+    """A step or compensation that calls a service answering in ``seconds``."""
+    def call(*_: Any) -> Any:
+        time.sleep(seconds)
+        return value
+    return call
+
+
+def slow_flaky_charge() -> dict[str, str]:
+    time.sleep(0.08)
+    return flaky_charge()
+
+
+def checkout_rolled_back(saga: Saga, order: dict[str, Any]) -> None:
+    saga.step("reserve stock", takes(0.12, "res-7"), compensate=takes(0.1))
+    saga.step("charge card", slow_flaky_charge, compensate=takes(0.15),
+              retry=Retry(attempts=3, initial=0.3, multiplier=2, jitter=False))
+    saga.step("book courier", takes(0.2, "bk-7"), compensate=takes(0.12))
+    saga.step("ship", ship_fails)
+
+
+def showcase(store: Store) -> str:
+    """One execution with everything the timeline draws: retried attempts, waits in
+    the broker, a failure, compensations in reverse order, lease hand-overs."""
+    key = "checkout/7731"
+    drive(store, checkout_rolled_back, key, {"id": 7731, "total": 129})
+    return key
