@@ -49,6 +49,8 @@ def release_stock(reservation: dict[str, Any]) -> None:
 def charge_card(order_id: str, total: int) -> dict[str, Any]:
     if order_id.startswith("declined"):
         raise PermanentError("card declined")
+    if current_step().attempt == 1:
+        raise TimeoutError("card network timeout")  # retried later, through the broker
     # Stripe-style: the same key on every retry, so the card is charged once.
     return {"charge": f"ch-{order_id}", "idempotency_key": current_step().idempotency_key}
 

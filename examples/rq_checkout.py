@@ -1,9 +1,12 @@
 """A checkout saga as an RQ job.
 
 Run a worker (Redis at localhost:6379 as queue, results and journal; set
-KOMPENSA_REDIS_URL for another) with the scheduler, which runs saga retries:
+KOMPENSA_REDIS_URL for another) with the scheduler, which runs saga retries. `rq
+worker` reads its Redis from -u (or RQ_REDIS_URL), not from this module: give it
+the same one.
 
-    rq worker -w kompensa_workers.rq.SagaWorker -S rq.serializers.JSONSerializer \\
+    rq worker -u "${KOMPENSA_REDIS_URL:-redis://localhost:6379/0}" \\
+        -w kompensa_workers.rq.SagaWorker -S rq.serializers.JSONSerializer \\
         --with-scheduler checkout
 
 and enqueue orders from another shell:
@@ -23,7 +26,7 @@ import time
 from typing import Any
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from kompensa_workers import PermanentError, Retry, Saga, SagaFailed, current_step
@@ -63,8 +66,12 @@ def checkout(saga: Saga, order_id: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if not Worker.count(queue=queue):
+        sys.exit("no RQ worker listens on 'checkout' on this Redis (KOMPENSA_REDIS_URL, "
+                 "default localhost:6379): start one as this module's docstring says, "
+                 "with -u naming the same Redis")
     if not scheduler_running(queue):
-        print("no worker runs --with-scheduler for 'checkout': retries would never run")
+        print("the workers of 'checkout' run without --with-scheduler: retries would never run")
     for order_id in sys.argv[1:] or ["42"]:
         job = checkout.delay(order_id)
         deadline = time.monotonic() + 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import signal
@@ -89,9 +90,12 @@ def run_example(
     worker (a warm shutdown, killed with its children after ``stop_wait`` seconds);
     returns the client's run and the worker's log."""
     env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            **(env or {})}
+    # A shell command (the one an example's docstring gives), else a python module.
+    argv = ["bash", "-c", worker[1]] if worker[0] == "bash" else [sys.executable, "-m", *worker]
     process = subprocess.Popen(
-        [sys.executable, "-m", *worker], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own process group: a kill takes its children too
     )
@@ -126,9 +130,11 @@ def run_example(
 def test_celery_example_runs_with_a_real_worker() -> None:
     # The example's own client: checkout.delay() through a real `celery worker`.
     with redis_servers(1) as [server]:
-        run_example(server, ["celery", "-A", "examples.celery_checkout", "worker",
-                             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle",
-                             "--without-gossip", "--without-heartbeat"], "celery_checkout")
+        _, logs = run_example(server, ["celery", "-A", "examples.celery_checkout", "worker",
+                                       "--concurrency", "2", "--loglevel", "INFO",
+                                       "--without-mingle", "--without-gossip",
+                                       "--without-heartbeat"], "celery_checkout")
+    assert "s in the broker" in logs  # the charge waited for its retry there
 
 
 def test_dramatiq_example_runs_with_a_real_worker() -> None:
@@ -139,19 +145,61 @@ def test_dramatiq_example_runs_with_a_real_worker() -> None:
     assert "s in the broker" in logs  # the charge waited for its retry there
 
 
+def docstring_command(module: str, starts: str) -> str:
+    """The shell command the docstring of ``examples/<module>.py`` gives, from its
+    line starting with ``starts`` (continued lines joined)."""
+    source = (ROOT / "examples" / f"{module}.py").read_text(encoding="utf-8")
+    text = ast.get_docstring(ast.parse(source)) or ""
+    lines = text[text.index(starts):].splitlines()
+    command = []
+    for line in lines:
+        command.append(line.strip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    return " ".join(command)
+
+
 def test_rq_example_runs_with_a_real_worker() -> None:
+    # The worker is started with the command the example's docstring gives, on the
+    # Redis that KOMPENSA_REDIS_URL names (not the default one: a private server).
     # Every line this test reads is logged before the client has its outcomes: the
     # worker is stopped then, and killed after 5 s should its warm shutdown stall.
+    command = docstring_command("rq_checkout", "rq worker")
+    assert "KOMPENSA_REDIS_URL" in command
     with redis_servers(1) as [server]:
         _, logs = run_example(
-            server, ["rq.cli", "worker", "-u", server.url, "-w", "kompensa_workers.rq.SagaWorker",
-                     "-S", "rq.serializers.JSONSerializer", "--with-scheduler", "checkout"],
-            "rq_checkout",
+            server, ["bash", command], "rq_checkout",
             ready=lambda: bool(server.client().exists("rq:scheduler-lock:checkout")),
             stop_wait=5.0,
         )
     # The charge's retry waited in the scheduler: the same job ran a second time.
     assert logs.count("checkout: examples.rq_checkout.checkout('42')") == 2
+
+
+def test_rq_without_a_worker_on_its_redis_says_so_not_the_scheduler() -> None:
+    # Given the RQ example's Redis, on which no worker listens (one started without
+    # -u would be on another Redis),
+    with redis_servers(1) as [server]:
+        env = {**os.environ, "KOMPENSA_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
+        # the example's client stops at once and names the cause,
+        client = subprocess.run(
+            [sys.executable, "-m", "examples.rq_checkout", "42"], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert client.returncode == 1
+        assert "no RQ worker listens on 'checkout' on this Redis" in client.stderr
+        assert "-u" in client.stderr
+        # and a saga job scheduled there logs the same cause, naming that Redis.
+        scheduled = subprocess.run(
+            [sys.executable, "-c", "import logging; logging.basicConfig(); "
+             "from examples.rq_checkout import checkout; checkout.enqueue_in(60, '43')"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )
+    assert scheduled.returncode == 0, scheduled.stderr
+    port = server.url.split(":")[-1].split("/")[0]
+    assert ("no RQ scheduler serves queue 'checkout', and no RQ worker listens on it at "
+            f"127.0.0.1:{port}/0") in scheduled.stderr
+    assert "rq worker -u URL" in scheduled.stderr
 
 
 def test_kombu_example_runs_with_a_real_consumer() -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 try:
-    from rq import Queue, get_current_job
+    from rq import Queue, Worker, get_current_job
     from rq.exceptions import DuplicateJobError, NoSuchJobError
     from rq.job import Job, JobStatus
     from rq.job import Retry as RQRetry
@@ -302,15 +302,33 @@ _warned: dict[str, float] = {}
 
 
 def _warn_no_scheduler(queue: Queue) -> None:
-    """Say loudly (once a minute per queue) that a scheduled retry will not run."""
+    """Say loudly (once a minute per queue) that a scheduled retry will not run, and
+    why: no worker on this Redis at all (one started with another URL is the usual
+    cause), or workers without ``--with-scheduler``."""
     last = _warned.get(queue.name, 0.0)
     if time.monotonic() - last >= 60:
         _warned[queue.name] = time.monotonic()
-        logger.error(
-            "no RQ scheduler serves queue %r: scheduled saga jobs and saga retries wait in "
-            "its scheduled registry and will not run until a worker runs with "
-            "--with-scheduler", queue.name,
-        )
+        if Worker.count(queue=queue) == 0:
+            logger.error(
+                "no RQ scheduler serves queue %r, and no RQ worker listens on it at %s: "
+                "scheduled saga jobs and saga retries wait in its scheduled registry until "
+                "one does. A worker that is running uses another Redis: give it this one "
+                "(rq worker -u URL, or RQ_REDIS_URL)", queue.name, _server_of(queue),
+            )
+        else:
+            logger.error(
+                "no RQ scheduler serves queue %r: scheduled saga jobs and saga retries wait "
+                "in its scheduled registry and will not run until a worker runs with "
+                "--with-scheduler", queue.name,
+            )
+
+
+def _server_of(queue: Queue) -> str:
+    """The Redis ``queue`` lives on, for messages: ``host:port/db`` or the socket path
+    (never the password)."""
+    options = queue.connection.connection_pool.connection_kwargs
+    where = options.get("path") or f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+    return f"{where}/{options.get('db', 0)}"
 
 
 def scheduler_running(queue: Queue) -> bool:
