@@ -24,7 +24,10 @@ from tests.stores import CI, real_redis_or_skip  # noqa: E402
 from tests.web_journal import HOSTILE_KEY, ODD_KEY, fill, waits_long  # noqa: E402
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as shows  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -95,6 +98,17 @@ def rows(browser: Any) -> list[str]:
         " row => row.dataset.key)"))
 
 
+def click(browser: Any, by: str, value: str) -> None:
+    """Click the element, found again if a live update replaced it meanwhile."""
+    for _ in range(5):
+        try:
+            browser.find_element(by, value).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{value} kept being replaced")
+
+
 def wait(browser: Any, seconds: float = 10) -> WebDriverWait:
     return WebDriverWait(browser, seconds, poll_frequency=0.1)
 
@@ -109,17 +123,17 @@ def test_the_list_shows_counts_filters_and_searches(
     assert chip.text == "2"
 
     Select(browser.find_element(By.ID, "status")).select_by_value("compensated")
-    browser.find_element(By.ID, "filter").click()
+    click(browser, By.ID, "filter")
     wait(browser).until(lambda b: "status=compensated" in b.current_url)
     assert set(rows(browser)) == {keys["compensated"], HOSTILE_KEY}
 
     browser.get(dashboard + "/")
     browser.find_element(By.ID, "q").send_keys("VIP")
-    browser.find_element(By.ID, "filter").click()
+    click(browser, By.ID, "filter")
     wait(browser).until(lambda b: "q=VIP" in b.current_url)
     assert rows(browser) == [ODD_KEY]
     # The key's link takes it whole to its page: slash, braces, percent, accent.
-    browser.find_element(By.LINK_TEXT, ODD_KEY).click()
+    click(browser, By.LINK_TEXT, ODD_KEY)
     wait(browser).until(shows.presence_of_element_located((By.ID, "timeline")))
     assert browser.find_element(By.ID, "key").text == ODD_KEY
     assert browser.execute_script("return window.hacked") is None
@@ -147,7 +161,7 @@ def test_the_timeline_is_drawn_to_scale_in_the_page(
     browser.get(f"{dashboard}/executions/{quote(keys['compensation_failed'], safe='')}")
     undo = browser.find_elements(By.CSS_SELECTOR, '#timeline rect[data-kind="undo-failed"]')
     assert len(undo) == 1
-    browser.find_element(By.CSS_SELECTOR, "#outcome details summary").click()
+    click(browser, By.CSS_SELECTOR, "#outcome details summary")
     assert "Traceback (most recent call last)" in browser.find_element(
         By.CSS_SELECTOR, "#outcome pre.traceback").text
 
@@ -163,23 +177,23 @@ def test_an_action_is_refused_without_the_token_and_applied_with_it(
     page = f"{dashboard}/executions/{quote(keys['waiting'], safe='')}"
     browser.delete_all_cookies()
     browser.get(page)
-    browser.find_element(By.ID, "action-cancel").click()
+    click(browser, By.ID, "action-cancel")
     message = wait(browser).until(shows.presence_of_element_located((By.ID, "message")))
     assert "log in with the dashboard's token" in message.text
     assert store.get(keys["waiting"]).cancel_requested is False
 
     browser.get(page)
-    browser.find_element(By.ID, "login").click()
+    click(browser, By.ID, "login")
     token = wait(browser).until(shows.presence_of_element_located((By.ID, "token")))
     token.send_keys("not the token")
-    browser.find_element(By.ID, "sign-in").click()
+    click(browser, By.ID, "sign-in")
     error = wait(browser).until(shows.presence_of_element_located((By.ID, "login-error")))
     assert "not this dashboard's token" in error.text
     browser.find_element(By.ID, "token").send_keys(TOKEN)
-    browser.find_element(By.ID, "sign-in").click()
+    click(browser, By.ID, "sign-in")
     wait(browser).until(lambda b: b.current_url == page)
 
-    browser.find_element(By.ID, "action-cancel").click()
+    click(browser, By.ID, "action-cancel")
     notice = wait(browser).until(shows.presence_of_element_located((By.ID, "notice")))
     assert notice.text.startswith("Cancel requested")
     assert browser.find_element(By.ID, "cancel-requested").is_displayed()
@@ -187,14 +201,14 @@ def test_an_action_is_refused_without_the_token_and_applied_with_it(
 
     # Purging asks first; once accepted the record is gone.
     browser.get(f"{dashboard}/executions/{keys['compensated']}")
-    browser.find_element(By.ID, "action-purge").click()
+    click(browser, By.ID, "action-purge")
     alert = wait(browser).until(shows.alert_is_present())
     assert keys["compensated"] in alert.text
     alert.accept()
     notice = wait(browser).until(shows.presence_of_element_located((By.ID, "notice")))
     assert notice.text == f"Purged {keys['compensated']}."
     assert store.get(keys["compensated"]) is None
-    browser.find_element(By.ID, "logout").click()
+    click(browser, By.ID, "logout")
     wait(browser).until(shows.presence_of_element_located((By.ID, "login")))
 
 

@@ -10,6 +10,7 @@
   var seconds = Number(region.getAttribute("data-live"));
   if (!seconds) return;
   var busy = false;
+  var last = null;
   window.setInterval(function () {
     var toggle = document.getElementById("live");
     if (busy || document.hidden || (toggle && !toggle.checked)) return;
@@ -19,7 +20,8 @@
     fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) { return response.ok ? response.text() : null; })
       .then(function (html) {
-        if (html !== null) {
+        if (html !== null && html !== last) {
+          last = html;
           region.innerHTML = html;
           region.setAttribute("data-updated", String(Date.now()));
         }
