@@ -310,3 +310,16 @@ def test_the_web_command_refuses_an_open_bind_without_a_token(
     assert [loopback(h) for h in ("127.0.0.1", "127.0.0.9", "::1", "[::1]", "localhost")] == \
         [True] * 5
     assert [loopback(h) for h in ("0.0.0.0", "::", "10.1.2.3", "example.com")] == [False] * 4
+
+
+def test_a_journal_that_cannot_be_reached_is_said_on_the_page() -> None:
+    from kompensa_workers import RedisStore
+
+    gone = RedisStore.from_url("redis://127.0.0.1:1/0", write_timeout=0.5)
+    api = client(gone)
+    page = api.get("/")
+    assert page.status_code == 503
+    assert "the journal cannot be reached" in html_text(page.text)
+    listing = api.get("/api/executions")
+    assert listing.status_code == 503
+    assert listing.json()["error"].startswith("the journal cannot be reached")

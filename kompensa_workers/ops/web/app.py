@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ...errors import SerializationError, StoreUnavailable
+from ...errors import SerializationError, StoreMisconfigured, StoreUnavailable
 from ...stores.protocol import Store
 from .. import admin
 from ..timeline import age
@@ -219,6 +219,8 @@ class Dashboard:
             return self.failure(request, code, str(exc))
         except StoreUnavailable as exc:
             return self.failure(request, 503, f"the journal cannot be reached: {exc}")
+        except StoreMisconfigured as exc:
+            return self.failure(request, 503, f"the journal refuses the dashboard: {exc}")
         except SerializationError as exc:
             return self.failure(request, 500, f"the record cannot be read: {exc}")
 
