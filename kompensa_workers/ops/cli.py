@@ -596,9 +596,13 @@ def _recoverer(app: Any, journal: Journal) -> Callable[[], int]:
                    "(default: values under keys such as password, token, card are masked)")
 @click.option("--refresh", type=Duration(), default=3.0, show_default=True,
               help="how often an open page updates itself (0: never)")
+@click.option("--allow-host", "hosts", multiple=True, metavar="NAME",
+              help="on a loopback address only localhost names are served (a page "
+                   "elsewhere cannot read the dashboard through DNS rebinding): also "
+                   "serve requests for NAME, e.g. a reverse proxy's (repeatable)")
 @click.pass_obj
 def web(journal: Journal, host: str, port: int, token: str | None, redactor: str | None,
-        refresh: float) -> None:
+        refresh: float, hosts: tuple[str, ...]) -> None:
     """Serve the dashboard: executions by status, one execution as a timeline of its
     steps, attempts, broker waits, compensations and lease grants, and (with a token)
     the operator's actions. JSON of the same under /api/."""
@@ -619,11 +623,16 @@ def web(journal: Journal, host: str, port: int, token: str | None, redactor: str
     if redact is not None and not callable(redact):
         raise Failure(f"--redact {redactor!r} is not a function", 2)
     journal.call(lambda: next(iter(journal.store.keys()), None))  # reachable: say so now
-    app = create_app(journal.store, token=token, redact=redact, refresh=refresh)
+    allowed = ([*LOOPBACK_NAMES, host.strip("[]"), *hosts] if loopback(host) else None)
+    app = create_app(journal.store, token=token, redact=redact, refresh=refresh,
+                     allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"dashboard of {journal.where()} on http://{shown}:{port}/ "
                f"({'read-only' if token is None else 'actions need the token'}; Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 def loopback(host: str) -> bool:

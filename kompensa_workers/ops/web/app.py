@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -52,16 +53,24 @@ REFRESH_SECONDS = 3.0
 
 def create_app(store: Store, *, token: str | None = None,
                redact: Redactor | None = None, title: str = "kompensa-workers",
-               refresh: float = REFRESH_SECONDS) -> Starlette:
+               refresh: float = REFRESH_SECONDS,
+               allowed_hosts: Sequence[str] | None = None) -> Starlette:
     """The dashboard over ``store`` as an ASGI app (mount it in FastAPI, Starlette or
     a Django ASGI router, or serve it with ``kompensa-workers web``).
 
     ``token``: the secret that lets people (login form) and programs (bearer header)
     act; None: read-only. ``redact``: shown arguments and results pass through it
     (default :func:`~kompensa_workers.ops.web.views.hide_secrets`). ``refresh``:
-    seconds between live updates of an open page (0: none).
+    seconds between live updates of an open page (0: none). ``allowed_hosts``: the
+    only ``Host`` names served (others get 400), e.g. the loopback names for a
+    dashboard on 127.0.0.1, so a page elsewhere cannot read it through DNS
+    rebinding; None: any.
     """
-    return Dashboard(store, Guard(token), redact or hide_secrets, title, refresh).app
+    dashboard = Dashboard(store, Guard(token), redact or hide_secrets, title, refresh)
+    if allowed_hosts is not None:
+        dashboard.app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts),
+                                     www_redirect=False)
+    return dashboard.app
 
 
 class Dashboard:
@@ -299,8 +308,11 @@ def _allowed(status: str, cancel_requested: bool) -> list[str]:
 
 
 def _local(target: str) -> str:
-    """A ``next`` path inside the dashboard only (never another site)."""
-    return target if target.startswith("/") and not target.startswith("//") else ""
+    """A ``next`` path inside the dashboard only (never another site: browsers read
+    ``//host`` and ``/\\host`` as another host)."""
+    if not target.startswith("/") or target.startswith(("//", "/\\")):
+        return ""
+    return "" if any(c in target for c in "\\\r\n\t") else target
 
 
 def _wants_json(request: Request) -> bool:
