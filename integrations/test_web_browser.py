@@ -229,3 +229,15 @@ def test_an_open_page_shows_new_executions_without_a_reload(
     after = browser.execute_script(
         "return document.querySelector('#counts a[data-status=\"waiting\"] b').textContent")
     assert int(after) == int(before) + 1
+
+
+def test_the_served_dashboard_answers_only_to_loopback_host_names(dashboard: str) -> None:
+    import http.client
+
+    host, port = dashboard.removeprefix("http://").split(":")
+    for name, status in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200),
+                         (f"rebound.example:{port}", 400)):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/api/executions", headers={"Host": name})
+        assert connection.getresponse().status == status, name
+        connection.close()
