@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from functools import partial
 
 import fakeredis
 from kombu.connection import Connection
@@ -27,7 +28,10 @@ class StubWorker:
                      background=(i == 0))
             for i in range(threads)
         ]
-        self.threads = [threading.Thread(target=c.run, daemon=True) for c in self.consumers]
+        # safety_interval: each wait for a message ends after 0.05 s (kombu's default
+        # is 1 s), so that a consumer told to stop does so at once.
+        self.threads = [threading.Thread(target=partial(c.run, safety_interval=0.05),
+                                         daemon=True) for c in self.consumers]
         for thread in self.threads:
             thread.start()
 
