@@ -90,9 +90,12 @@ class RQWorker:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 5
-        for process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(deadline - time.monotonic(), 0.1))
+        for process, log in zip(self.processes, self.logs, strict=True):
+            # The stall is the last step of the shutdown, once its job is done and
+            # its death registered: "unsubscribing from channel" starts it.
+            while (process.poll() is None and time.monotonic() < deadline
+                   and "unsubscribing from channel" not in log.read_text(errors="replace")):
+                time.sleep(0.05)
         self.kill()  # whatever is left behind (orphaned horses, schedulers)
 
 
