@@ -27,11 +27,11 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.dev
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 4 --dist loadgroup
 
 integration: $(VENV)/.dev
 	$(BIN)/python scripts/services.py
-	$(BIN)/python -m pytest integrations
+	$(BIN)/python -m pytest integrations -n 4 --dist loadgroup
 
 # The docs site (MkDocs): every warning is an error.
 docs: $(VENV)/.dev
@@ -43,7 +43,7 @@ browser:
 
 test: lint docs browser
 	$(BIN)/python scripts/services.py
-	$(BIN)/python -m pytest tests integrations
+	$(BIN)/python -m pytest tests integrations -n 4 --dist loadgroup
 
 # The chaos suite's longer run; its figures go to benchmarks/RESULTS.md.
 chaos: $(VENV)/.dev

@@ -1,18 +1,19 @@
 """How the suites split across pytest-xdist workers (``make test`` runs them with
-``-n 2 --dist loadgroup``).
+``-n 4 --dist loadgroup``: the suites mostly wait, on workers, brokers and timers, so
+four workers on two cores keep the CPU about 40% busy).
 
 Every test belongs to a group, run whole by one worker: by default its module, so
 tests that share a module-scoped fixture (a private redis-server, a Redis Cluster,
-real workers) set it up once. ``integrations/test_conformance.py`` and
-``integrations/test_celery.py`` open one harness (real worker processes, a
-redis-server) per harness name: their tests are grouped per harness, so the two
-workers can take different harnesses at once.
+real workers) set it up once. The conformance suites and ``integrations/test_celery.py``
+are grouped per harness (the real-worker harnesses are module fixtures opened by
+name), so that workers can run different harnesses at once.
 
 The groups are marked ``xdist_group``, and with ``--dist loadgroup`` the scheduler
 below reads them from the test ids itself: xdist 3.8 tags a test's id with its group
 by a node attribute pytest 9.2 no longer reads, and would spread the tests of a
 group over every worker. It also hands out the longest groups first (``COST``), so
-no worker is left with a long group at the end. A serial run keeps pytest's order.
+that no worker is left with a long group at the end. Within a group, and in a run
+without xdist, the tests keep pytest's order.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ from typing import Any
 
 import pytest
 
-# Rough seconds per test of a group, for the order in which the workers take the
-# groups. A group not named here: 1 s per test in integrations/, 0.05 s in tests/.
+# Rough seconds per test of a module (measured in a parallel run), for the order in
+# which the workers take the groups. Elsewhere: 2 s in integrations/, 0.1 s in tests/.
 COST: dict[str, float] = {
-    "integrations/test_chaos.py": 30.0,
+    "integrations/test_chaos.py": 25.0,
+    "integrations/test_refused_worker.py": 14.0,
+    "integrations/test_recover_api.py": 10.0,
+    "integrations/test_celery.py": 8.0,
+    "integrations/test_conformance.py": 6.0,
+    "integrations/test_rq.py": 6.0,
+    "tests/test_conformance.py": 2.0,
 }
 
 # Modules grouped per harness, and how a test's parameters name it:
@@ -50,9 +57,11 @@ def group_of(nodeid: str) -> str:
 
 
 def cost_of(group: str) -> float:
-    if group in COST:
-        return COST[group]
-    return 1.0 if group.startswith("integrations/") else 0.05
+    """Rough seconds per test of ``group``."""
+    path = group.split("[", 1)[0]
+    if path in COST:
+        return COST[path]
+    return 2.0 if path.startswith("integrations/") else 0.1
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
