@@ -46,6 +46,28 @@ def journal_down(request: pytest.FixtureRequest) -> Iterator[tuple[RedisServer, 
         finally:
             if request.param == "paused":
                 os.kill(server.process.pid, signal.SIGCONT)
+            else:
+                server.start()  # on its port again
+            settle_sends()
+
+
+def settle_sends(timeout: float = 30) -> None:
+    """Wait for the journal calls the sends left running in the background (on the
+    process's pool of them) to end, now that the journal answers: a later test in
+    this process (pytest-xdist runs other modules after this one) would find the
+    pool busy and its sends unrecorded, or count their retry pauses as its own."""
+    from kompensa_workers._driver.sends import POOL_SIZE, sends
+
+    deadline = time.monotonic() + timeout
+    taken = 0
+    try:
+        while taken < POOL_SIZE and sends._slots.acquire(
+                timeout=max(deadline - time.monotonic(), 0.01)):
+            taken += 1
+    finally:
+        for _ in range(taken):
+            sends._slots.release()
+    assert taken == POOL_SIZE, f"journal calls still running after {timeout:g} s"
 
 
 def timed_sends(send: object, count: int) -> list[float]:
