@@ -286,14 +286,21 @@ def test_a_plain_client_on_a_cluster_node_is_told_to_use_the_cluster_client(
         "reserve", "charge", "ship"]
 
 
-def test_the_cli_lists_shows_and_cancels_across_every_master(cluster: LocalCluster) -> None:
-    namespace = f"cli-{uuid.uuid4().hex[:6]}"
+def one_running_the_rest_done(cluster: LocalCluster,
+                              namespace: str) -> tuple[RedisStore, list[str]]:
+    """Executions on every master: the first held by a delivery, the others ended."""
     store = RedisStore(cluster.client(), namespace=namespace)
     keys = ids_on_every_master(cluster, namespace, 3)
     for key in keys[1:]:
         SagaRunner(store).run(three_steps, idempotency_key=key)
     store.claim(keys[0], saga="s", fingerprint="fp", lease_token=None, lock_ttl=30,
                 at=time.time())
+    return store, keys
+
+
+def test_the_cli_lists_shows_and_cancels_across_every_master(cluster: LocalCluster) -> None:
+    namespace = f"cli-{uuid.uuid4().hex[:6]}"
+    store, keys = one_running_the_rest_done(cluster, namespace)
 
     def cli(*args: str) -> Any:
         done = subprocess.run(
@@ -323,13 +330,7 @@ def test_the_dashboard_lists_shows_and_cancels_across_every_master(
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
 
-    namespace = f"web-{uuid.uuid4().hex[:6]}"
-    store = RedisStore(cluster.client(), namespace=namespace)
-    keys = ids_on_every_master(cluster, namespace, 3)
-    for key in keys[1:]:
-        SagaRunner(store).run(three_steps, idempotency_key=key)
-    store.claim(keys[0], saga="s", fingerprint="fp", lease_token=None, lock_ttl=30,
-                at=time.time())
+    store, keys = one_running_the_rest_done(cluster, f"web-{uuid.uuid4().hex[:6]}")
     web = TestClient(create_app(store, token="t"))
     listed = web.get("/api/executions").json()
     assert listed["total"] == len(keys)
