@@ -108,7 +108,7 @@ class Dashboard:
             query = Query.parse(request.query_params)
         except ValueError as exc:
             return self.message(request, 400, "Bad request", str(exc))
-        listing = await self.read(request, lambda: admin.executions(self.store))
+        listing = await self.ask(request, lambda: admin.executions(self.store))
         if isinstance(listing, Response):
             return listing
         found, skipped = listing
@@ -120,7 +120,7 @@ class Dashboard:
 
     async def execution(self, request: Request) -> Response:
         key = _key(request, 1)
-        found = await self.read(request, lambda: admin.get(self.store, key))
+        found = await self.ask(request, lambda: admin.get(self.store, key))
         if isinstance(found, Response):
             return found
         now = time.time()
@@ -190,7 +190,7 @@ class Dashboard:
         if action not in calls:
             return self.failure(request, 404, f"no action {action!r} (one of "
                                 f"{', '.join(ACTIONS)})")
-        outcome = await self.read(request, calls[action])
+        outcome = await self.ask(request, calls[action])
         if isinstance(outcome, Response):
             return outcome
         status = getattr(outcome, "status", None)
@@ -203,7 +203,7 @@ class Dashboard:
             query = Query.parse(request.query_params)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        listing = await self.read(request, lambda: admin.executions(self.store))
+        listing = await self.ask(request, lambda: admin.executions(self.store))
         if isinstance(listing, Response):
             return listing
         found, skipped = listing
@@ -211,14 +211,14 @@ class Dashboard:
 
     async def api_execution(self, request: Request) -> Response:
         key = _key(request, 2)
-        found = await self.read(request, lambda: admin.get(self.store, key))
+        found = await self.ask(request, lambda: admin.get(self.store, key))
         if isinstance(found, Response):
             return found
         return JSONResponse(detail(found, self.redact))
 
     # -- plumbing -------------------------------------------------------------
 
-    async def read(self, request: Request, call: Callable[[], Any]) -> Any:
+    async def ask(self, request: Request, call: Callable[[], Any]) -> Any:
         """``call()`` on a worker thread; a refusal or a journal in trouble as the
         response that says so."""
         try:
